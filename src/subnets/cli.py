@@ -1,0 +1,145 @@
+"""The ``subnets`` command: parses arguments, calls ``subnets.runs``, prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from subnets.data import DatasetUnavailable, dataset_info
+from subnets.runs.progress import BarProgress
+from subnets.runs.recipe import RecipeError
+from subnets.runs.report import summarize_levels
+from subnets.runs.runner import default_store, report, run_recipe, show
+from subnets.runs.store import Store, UnknownRun
+
+USAGE_ERROR = 2
+out = Console(highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int = USAGE_ERROR) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _store(path: Path | None) -> Store:
+    return Store(path or default_store())
+
+
+store_option = click.option("--store", "store_path", type=click.Path(path_type=Path), default=None,
+                            help="Run store folder (default: $SUBNETS_HOME, else ./subnets-runs).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="subnets")
+def cli() -> None:
+    """subnets: find, train, route and pool the sub-networks inside neural networks."""
+
+
+@cli.command("run")
+@click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
+@store_option
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars or log lines.")
+def run_command(recipe: Path, overrides: tuple[str, ...], store_path: Path | None, device: str, quiet: bool) -> None:
+    """Run (or resume) RECIPE, then write its report."""
+    store = _store(store_path)
+    try:
+        if quiet:
+            identifier = run_recipe(recipe, list(overrides), store, device)
+        else:
+            with BarProgress() as progress:
+                identifier = run_recipe(recipe, list(overrides), store, device, progress)
+        index = report(store, identifier)
+    except RecipeError as error:
+        _fail(str(error))
+    except DatasetUnavailable as error:
+        _fail(str(error), code=1)
+    except KeyboardInterrupt:
+        _fail("interrupted; run the same command again to resume", code=130)
+    out.print(f"run {identifier} done; report: {index}")
+
+
+@cli.command("list")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON array on stdout.")
+def list_command(store_path: Path | None, as_json: bool) -> None:
+    """List the runs in the store."""
+    runs = [{k: r[k] for k in ("id", "kind", "name", "status", "steps", "created", "updated")}
+            for r in _store(store_path).runs()]
+    if as_json:
+        click.echo(json.dumps(runs, indent=2))
+        return
+    table = Table("id", "kind", "name", "status", "steps", "updated")
+    for r in runs:
+        table.add_row(r["id"], r["kind"], r["name"], r["status"], str(r["steps"]), r["updated"])
+    out.print(table if runs else "no runs yet")
+
+
+@cli.command("show")
+@click.argument("run")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout (stable format).")
+def show_command(run: str, store_path: Path | None, as_json: bool) -> None:
+    """Show a run (RUN is an id or a unique prefix of one)."""
+    try:
+        view = show(_store(store_path), run)
+    except UnknownRun as error:
+        _fail(str(error))
+    if as_json:
+        click.echo(json.dumps(view))
+        return
+    out.print(f"[bold]{view['name']}[/bold] {view['id']} ({view['kind']}) status: {view['status']}")
+    if view["error"]:
+        out.print(f"error: {view['error']}")
+    table = Table("level", "branch", "weights %", "test acc % (early stop)", "test acc % (end)",
+                  "early-stop it", "seeds")
+    for row in summarize_levels(view["levels"]):
+        table.add_row(str(row["level"]), row["branch"], f"{100 * row['weights_remaining']:.2f}",
+                      f"{100 * row['test_acc_mean']:.2f} ± {100 * row['test_acc_std']:.2f}",
+                      f"{100 * row['test_acc_end_mean']:.2f} ± {100 * row['test_acc_end_std']:.2f}",
+                      f"{row['early_stop_iter_mean']:.0f}", str(row["n_seeds"]))
+    out.print(table)
+
+
+@cli.command("report")
+@click.argument("run")
+@store_option
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder for index.html and the plots (default: <store>/reports/<id>).")
+def report_command(run: str, store_path: Path | None, out_dir: Path | None) -> None:
+    """Write the HTML report (with PNG plots) of a run."""
+    try:
+        index = report(_store(store_path), run, out_dir)
+    except UnknownRun as error:
+        _fail(str(error))
+    out.print(f"report: {index}")
+
+
+@cli.group("data")
+def data_group() -> None:
+    """Datasets."""
+
+
+@data_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def data_list(as_json: bool) -> None:
+    """List the registered datasets and their options."""
+    info = dataset_info()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    table = Table("name", "description", "options")
+    for d in info:
+        table.add_row(d["name"], d["description"], json.dumps(d["options"]))
+    out.print(table)
+
+
+def main() -> None:
+    """Entry point of the ``subnets`` console script."""
+    cli()

@@ -1,0 +1,41 @@
+"""Mini-batches from seeded index permutations over tensors already on the training device."""
+
+from __future__ import annotations
+
+import torch
+
+
+class Batches:
+    """An endless stream of ``(x, y)`` mini-batches; each epoch is a fresh seeded permutation.
+
+    The permutation is drawn on the CPU from a generator seeded once, so the data order depends only on
+    the seed (not on the device); indices move to the device once per epoch. The last partial batch of an
+    epoch is dropped, so every step sees ``batch_size`` examples.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> None:
+        if batch_size < 1 or batch_size > len(y):
+            raise ValueError(f"batch_size must be in [1, {len(y)}], got {batch_size}")
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.steps_per_epoch = len(y) // batch_size
+        self._generator = torch.Generator().manual_seed(seed)
+        self._order = torch.empty(0, dtype=torch.long)
+        self._position = self.steps_per_epoch
+
+    def skip(self, steps: int) -> None:
+        """Advance the stream by ``steps`` batches without materialising them (used when resuming at k)."""
+        for _ in range(steps):
+            self._advance()
+
+    def _advance(self) -> torch.Tensor:
+        if self._position == self.steps_per_epoch:
+            self._order = torch.randperm(len(self.y), generator=self._generator).to(self.y.device)
+            self._position = 0
+        start = self._position * self.batch_size
+        self._position += 1
+        return self._order[start:start + self.batch_size]
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next mini-batch."""
+        index = self._advance()
+        return self.x[index], self.y[index]

@@ -1,0 +1,45 @@
+"""The registry of experiment kinds: the only place where ``subnets.runs`` meets the method families."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from subnets.data import load_dataset
+from subnets.progress import Progress
+from subnets.steps import StepStore
+from subnets.tickets import LotteryConfig
+from subnets.tickets.lottery import LotteryExperiment
+
+
+@dataclass
+class Prepared:
+    """An experiment checked against its data and model, ready to run against a step store."""
+
+    data_source: dict[str, Any]
+    run: Callable[[StepStore], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """An experiment kind: its recipe model and how to prepare it (loading data, building models)."""
+
+    name: str
+    config: type[BaseModel]
+    prepare: Callable[[Any, torch.device, Progress], Prepared]
+
+
+def _prepare_lottery(config: LotteryConfig, device: torch.device, progress: Progress) -> Prepared:
+    config.data.check()
+    data = load_dataset(config.data.name, **config.data.options).to(device)
+    experiment = LotteryExperiment(config, data, device, progress)
+    return Prepared(data.source, experiment.run)
+
+
+KINDS: dict[str, Kind] = {
+    "lottery": Kind("lottery", LotteryConfig, _prepare_lottery),
+}

@@ -1,0 +1,85 @@
+"""Recipes: TOML files validated by the experiment kind's pydantic model, with ``--set`` overrides."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from subnets.runs.kinds import KINDS
+
+
+class RecipeError(ValueError):
+    """A recipe or an override is wrong; the message is one line naming the field and what is allowed."""
+
+
+def _parse_value(text: str) -> Any:
+    """An override value read as TOML (numbers, booleans, arrays, quoted strings), else as a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``recipe`` with each ``key.path=value`` override set (sections are created as needed)."""
+    result = copy.deepcopy(recipe)
+    for override in overrides:
+        path, sep, value = override.partition("=")
+        if not sep or not path.strip():
+            raise RecipeError(f"--set '{override}': write key=value, e.g. prune.levels=3")
+        keys = path.strip().split(".")
+        node = result
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"--set '{override}': '{key}' is not a section")
+            node = child
+        node[keys[-1]] = _parse_value(value.strip())
+    return result
+
+
+def _error_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(p) for p in first["loc"]) or "recipe"
+    message = first["msg"].removeprefix("Value error, ")
+    shown = first.get("input")
+    suffix = f" (got {shown!r})" if first["type"] not in ("missing", "value_error") and shown is not None \
+        and not isinstance(shown, dict) else ""
+    return f"{location}: {message}{suffix}"
+
+
+def load_recipe(path: Path | str, overrides: list[str] | None = None) -> BaseModel:
+    """Read, override and validate a recipe; every problem is a :class:`RecipeError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise RecipeError(f"cannot read recipe {path}: {error.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise RecipeError(f"{path}: malformed TOML: {error}") from None
+    return validate_recipe(apply_overrides(raw, overrides or []), str(path))
+
+
+def validate_recipe(raw: dict[str, Any], origin: str = "recipe") -> BaseModel:
+    """Validate a recipe dict with the model of its ``kind``."""
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise RecipeError(f"{origin}: kind: must be one of {', '.join(sorted(KINDS))} (got {kind!r})")
+    try:
+        return KINDS[kind].config.model_validate(raw)
+    except ValidationError as error:
+        raise RecipeError(f"{origin}: {_error_line(error)}") from None
+
+
+def run_id(recipe: BaseModel) -> str:
+    """A short hash of the normalised recipe: the same recipe always gives the same run."""
+    normal = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(normal.encode()).hexdigest()[:10]

@@ -1,0 +1,54 @@
+"""Idempotent steps: the contract between an experiment and the run store.
+
+An experiment is a sequence of steps (one training, one pruning level of one branch and seed, ...). Each
+step is looked up by key before it is computed; a step whose result is stored is skipped, so a killed run
+resumes where it stopped and loses at most the step in progress. ``subnets.runs`` provides the store;
+method families only see this protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Protocol
+
+import torch
+
+Tensors = dict[str, torch.Tensor]
+
+
+class StepStore(Protocol):
+    """Where an experiment finds and keeps the results of its steps."""
+
+    def get_step(self, key: str) -> tuple[dict[str, Any], dict[str, Tensors]] | None:
+        """The step's JSON result and its tensor groups, or None when the step has not finished or one
+        of its tensor files is missing or fails its content hash (the step is then computed again)."""
+
+    def put_step(self, key: str, result: dict[str, Any], tensors: dict[str, Tensors] | None = None) -> None:
+        """Store a finished step atomically: either all of it is visible afterwards or none of it."""
+
+    def log(self, message: str) -> None:
+        """A line for the run log."""
+
+
+class MemoryStepStore:
+    """A :class:`StepStore` in memory, for library use without a run store and for tests."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, tuple[dict[str, Any], dict[str, Tensors]]] = {}
+        self.lines: list[str] = []
+
+    def get_step(self, key: str) -> tuple[dict[str, Any], dict[str, Tensors]] | None:
+        return self.steps.get(key)
+
+    def put_step(self, key: str, result: dict[str, Any], tensors: dict[str, Tensors] | None = None) -> None:
+        self.steps[key] = (result, {g: {k: v.detach().cpu().clone() for k, v in t.items()}
+                                    for g, t in (tensors or {}).items()})
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed determined by ``parts`` (e.g. the recipe seed, a level and a purpose)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1

@@ -1,0 +1,233 @@
+"""Iterative magnitude pruning with rewinding, and its controls, as idempotent steps."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import nn
+
+from subnets.data import Dataset
+from subnets.masks import Mask, global_magnitude, layerwise_magnitude, random_like_counts
+from subnets.models import build_model, prunable_layers
+from subnets.progress import SILENT, Progress
+from subnets.specs import DataSpec, ModelSpec
+from subnets.steps import MemoryStepStore, StepStore, Tensors, derive_seed
+from subnets.train import TrainConfig, parse_duration, train
+from subnets.train.config import check_duration
+
+BRANCHES = ("imp", "reinit", "random_prune")
+LAYER_KINDS = ("conv", "fc", "output")
+
+
+class PruneConfig(BaseModel):
+    """``[prune]``: how many levels, how much per level, where to rewind, which branches to train."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    levels: int = Field(ge=0, le=200)
+    method: Literal["layerwise", "global"] = "layerwise"
+    rates: dict[str, float] = Field(default_factory=lambda: {"conv": 0.1, "fc": 0.2, "output": 0.1})
+    global_rate: float = Field(0.2, gt=0, lt=1)
+    exclude: list[str] = Field(default_factory=lambda: ["output"])
+    rewind: str = "0it"
+    branches: list[Literal["imp", "reinit", "random_prune"]] = Field(default_factory=lambda: list(BRANCHES))
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, rates: dict[str, float]) -> dict[str, float]:
+        for key, rate in rates.items():
+            if not 0 <= rate < 1:
+                raise ValueError(f"rate of '{key}' must be in [0, 1), got {rate}")
+        return rates
+
+    @field_validator("rewind")
+    @classmethod
+    def _rewind(cls, value: str) -> str:
+        return check_duration(value)
+
+    @model_validator(mode="after")
+    def _branches(self) -> PruneConfig:
+        if "imp" not in self.branches:
+            raise ValueError("branches must include 'imp' (the controls are defined by its masks)")
+        if len(set(self.branches)) != len(self.branches):
+            raise ValueError("branches must not repeat")
+        return self
+
+    def layer_rates(self, kinds: dict[str, str]) -> dict[str, float]:
+        """Per-parameter pruning fraction from per-kind (or per-parameter-name) rates."""
+        unknown = [k for k in self.rates if k not in LAYER_KINDS and k not in kinds]
+        if unknown:
+            raise ValueError(f"prune.rates: '{unknown[0]}' is neither a layer kind ({', '.join(LAYER_KINDS)}) "
+                             f"nor a prunable parameter ({', '.join(kinds)})")
+        return {name: self.rates.get(name, self.rates.get(kind, 0.0)) for name, kind in kinds.items()}
+
+    def global_layers(self, kinds: dict[str, str]) -> list[str]:
+        """Parameters that take part in global pruning."""
+        unknown = [k for k in self.exclude if k not in LAYER_KINDS and k not in kinds]
+        if unknown:
+            raise ValueError(f"prune.exclude: '{unknown[0]}' is neither a layer kind nor a prunable parameter")
+        return [n for n, k in kinds.items() if n not in self.exclude and k not in self.exclude]
+
+
+class LotteryConfig(BaseModel):
+    """A lottery-ticket recipe (``kind = "lottery"``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["lottery"] = "lottery"
+    name: str = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    data: DataSpec
+    model: ModelSpec
+    train: TrainConfig
+    prune: PruneConfig
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise ValueError("seeds must be distinct non-negative integers")
+        return seeds
+
+
+def step_key(level: int, branch: str, seed: int) -> str:
+    """The store key of one unit of work."""
+    return f"L{level:03d}/{branch}/s{seed}"
+
+
+def _to_device(tensors: Tensors, device: torch.device) -> Tensors:
+    return {k: v.to(device) for k, v in tensors.items()}
+
+
+class LotteryExperiment:
+    """The steps of one lottery recipe. ``run(steps)`` runs or resumes them all against a step store."""
+
+    def __init__(self, config: LotteryConfig, data: Dataset, device: torch.device,
+                 progress: Progress = SILENT) -> None:
+        """Check the recipe against the data and model (raising ValueError naming what is wrong)."""
+        self.config, self.data, self.device, self.progress = config, data, device, progress
+        self.steps: StepStore = MemoryStepStore()
+        steps_per_epoch = len(data.y_train) // config.train.batch_size
+        self.rewind_iter = parse_duration(config.prune.rewind, steps_per_epoch)
+        total = config.train.iterations(steps_per_epoch)
+        if self.rewind_iter >= total:
+            raise ValueError(f"prune.rewind ({config.prune.rewind}) must be earlier than train.length "
+                             f"({config.train.length})")
+        probe = self.build(0)
+        self.kinds = prunable_layers(probe)
+        self.rates = config.prune.layer_rates(self.kinds)
+        self.global_layers = config.prune.global_layers(self.kinds)
+        self._cache: dict[str, tuple[dict[str, Any], dict[str, Tensors]]] = {}
+
+    def build(self, init_seed: int) -> nn.Module:
+        """A freshly initialised model; its initialisation depends only on ``init_seed``."""
+        torch.manual_seed(init_seed)
+        spec = self.config.model
+        return build_model(spec.name, self.data.input_shape, self.data.num_classes, **spec.options).to(self.device)
+
+    def units(self) -> list[tuple[int, str, int]]:
+        """Every (level, branch, seed) of the recipe, level by level."""
+        return [(level, branch, seed)
+                for level in range(self.config.prune.levels + 1)
+                for seed in self.config.seeds
+                for branch in (("imp",) if level == 0 else self.config.prune.branches)]
+
+    def ensure(self, level: int, branch: str, seed: int) -> tuple[dict[str, Any], dict[str, Tensors]]:
+        """The stored step, computing it (and the imp steps it depends on) when missing or corrupt."""
+        key = step_key(level, branch, seed)
+        if key not in self._cache:
+            found = self.steps.get_step(key)
+            if found is None:
+                found = self._compute(level, branch, seed)
+                self.steps.put_step(key, *found)
+            self._cache[key] = found
+        return self._cache[key]
+
+    def mask(self, level: int, seed: int) -> Mask:
+        """The imp mask of ``level``: the previous level's mask pruned by the previous level's final weights."""
+        if level == 0:
+            return Mask.ones_like(self.build(0), self.kinds)
+        _, tensors = self.ensure(level - 1, "imp", seed)
+        model = self.build(0)
+        model.load_state_dict(_to_device(tensors["final"], self.device))
+        previous = Mask(tensors["mask"]).to(self.device)
+        kept, sizes = previous.kept(), previous.sizes()
+
+        def fraction(kept_now: int, size: int, rate: float) -> float:
+            # Prune to round(size * (1 - rate)^level) weights: the schedule holds exactly at every level
+            # instead of drifting by a rounding error per level.
+            target = max(1, round(size * (1.0 - rate) ** level))
+            return 1.0 - min(target, kept_now) / kept_now
+
+        if self.config.prune.method == "global":
+            layers = self.global_layers
+            rate = fraction(sum(kept[n] for n in layers), sum(sizes[n] for n in layers),
+                            self.config.prune.global_rate)
+            return global_magnitude(model, previous, rate, layers)
+        return layerwise_magnitude(model, previous,
+                                   {n: fraction(kept[n], sizes[n], self.rates[n]) for n in previous})
+
+    def initial(self, level: int, branch: str, seed: int) -> tuple[nn.Module, Mask, int]:
+        """The model a step starts from, its mask and its first iteration.
+
+        Level 0 is the dense network from the seed's initialisation. Above it, ``imp`` and ``random_prune``
+        start from the dense run's weights at the rewind iteration, ``reinit`` from a fresh initialisation;
+        all three then train from the rewind iteration to the end, under their mask.
+        """
+        mask = self.mask(level, seed)
+        model = self.build(derive_seed(seed, "init"))
+        if level == 0:
+            return model, mask.to(self.device), 0
+        if branch == "reinit":
+            model = self.build(derive_seed(seed, level, "reinit"))
+        else:
+            _, dense = self.ensure(0, "imp", seed)
+            model.load_state_dict(_to_device(dense["rewind"], self.device))
+        if branch == "random_prune":
+            generator = torch.Generator().manual_seed(derive_seed(seed, level, "random_prune"))
+            mask = random_like_counts(mask.to("cpu"), generator)
+        mask = mask.to(self.device)
+        mask.apply(model)
+        return model, mask, self.rewind_iter
+
+    def _compute(self, level: int, branch: str, seed: int) -> tuple[dict[str, Any], dict[str, Tensors]]:
+        key = step_key(level, branch, seed)
+        model, mask, start = self.initial(level, branch, seed)
+        checkpoint_at = (self.rewind_iter,) if level == 0 else ()
+        outcome = train(model, self.data, self.config.train, seed=derive_seed(seed, "data"), mask=mask,
+                        start_iteration=start, checkpoint_at=checkpoint_at, progress=self.progress,
+                        progress_key=key)
+        result = {
+            "level": level, "branch": branch, "seed": seed, "weights_remaining": mask.density(),
+            "layer_density": mask.per_layer(), "start_iteration": start, **outcome.summary(),
+        }
+        tensors: dict[str, Tensors] = {}
+        if branch == "imp":
+            tensors = {"mask": mask.state_dict(), "final": {k: v.cpu() for k, v in model.state_dict().items()}}
+            if level == 0:
+                tensors["rewind"] = {k: v.cpu() for k, v in outcome.checkpoints[self.rewind_iter].items()}
+        self.steps.log(f"{key}: weights {100 * mask.density():.2f}%, test acc {100 * outcome.test_acc:.2f}% "
+                       f"at early stop {outcome.early_stop_iter}, {outcome.seconds:.1f}s")
+        return result, tensors
+
+
+    def run(self, steps: StepStore) -> list[dict[str, Any]]:
+        """Run (or resume) every step against ``steps`` and return the per-step results."""
+        self.steps, self._cache = steps, {}
+        units = self.units()
+        self.progress.start("lottery", len(units), f"{self.config.name}: levels x branches x seeds")
+        results = []
+        for level, branch, seed in units:
+            result, _ = self.ensure(level, branch, seed)
+            results.append(result)
+            self.progress.advance("lottery", 1, level=level)
+        self.progress.finish("lottery")
+        return results
+
+
+def run_lottery(config: LotteryConfig, data: Dataset, steps: StepStore, device: torch.device,
+                progress: Progress = SILENT) -> list[dict[str, Any]]:
+    """Run (or resume) every step of a lottery recipe and return the per-step results."""
+    return LotteryExperiment(config, data, device, progress).run(steps)

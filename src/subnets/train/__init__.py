@@ -1,0 +1,12 @@
+"""Training: one short loop over in-memory batches, with masks kept exactly zero.
+
+``train(model, dataset, TrainConfig(...), seed=...)`` runs an iteration-based schedule (lengths written as
+``"50000it"`` or ``"10ep"``), evaluates on validation and test every ``eval_every``, and returns the curves,
+the early-stop iteration (minimum validation loss, as the Lottery Ticket paper defines it) with the test
+accuracy there, and copies of the weights at requested iterations (for rewinding).
+"""
+
+from subnets.train.config import TrainConfig, parse_duration
+from subnets.train.loop import TrainResult, evaluate, train
+
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "parse_duration", "train"]

@@ -1,0 +1,146 @@
+"""The training loop."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from subnets.data import Batches, Dataset
+from subnets.masks import Mask, MaskedParameters
+from subnets.progress import SILENT, Progress
+from subnets.train.config import TrainConfig, parse_duration
+
+
+@dataclass
+class TrainResult:
+    """What one training produced. Accuracies are fractions; iterations count optimizer steps."""
+
+    iterations: int
+    early_stop_iter: int
+    test_acc: float
+    val_loss: float
+    test_acc_end: float
+    val_acc_end: float
+    seconds: float
+    curve: dict[str, list[float]]
+    checkpoints: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """The JSON-ready part (curves and numbers, no tensors)."""
+        return {
+            "iterations": self.iterations, "early_stop_iter": self.early_stop_iter, "test_acc": self.test_acc,
+            "val_loss": self.val_loss, "test_acc_end": self.test_acc_end, "val_acc_end": self.val_acc_end,
+            "seconds": self.seconds, "curve": self.curve,
+        }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``, with one device sync at the end."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start:start + batch_size])
+        target = y[start:start + batch_size]
+        loss += F.cross_entropy(logits, target, reduction="sum")
+        correct += (logits.argmax(dim=1) == target).sum()
+    model.train(was_training)
+    return loss.item() / len(y), correct.item() / len(y)
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    config: TrainConfig,
+    *,
+    seed: int,
+    mask: Mask | None = None,
+    start_iteration: int = 0,
+    checkpoint_at: tuple[int, ...] = (),
+    progress: Progress = SILENT,
+    progress_key: str = "train",
+) -> TrainResult:
+    """Train ``model`` in place from ``start_iteration`` to the configured length.
+
+    ``seed`` fixes the data order (the batch stream is advanced by ``start_iteration`` batches, so a
+    rewound run sees the same batches as the original from there on). ``mask`` keeps pruned weights at
+    exactly zero. ``checkpoint_at`` lists iterations whose weights are copied into the result (iteration
+    ``start_iteration`` included if listed). Model and data must already be on the same device.
+    """
+    batches = Batches(data.x_train, data.y_train, config.batch_size, seed)
+    total = config.iterations(batches.steps_per_epoch)
+    if not 0 <= start_iteration <= total:
+        raise ValueError(f"start_iteration must be in [0, {total}], got {start_iteration}")
+    eval_every = parse_duration(config.eval_every, batches.steps_per_epoch)
+    lr_factor = config.lr_factor(batches.steps_per_epoch)
+    batches.skip(start_iteration)
+    optimizer = config.build_optimizer([p for p in model.parameters() if p.requires_grad])
+    group_lrs = [g["lr"] for g in optimizer.param_groups]
+    constant_lr = config.schedule == "constant" and parse_duration(config.warmup, batches.steps_per_epoch) == 0
+    masked = MaskedParameters(model, mask) if mask is not None else None
+    if masked is not None:
+        masked.mask_weights()
+
+    curve: dict[str, list[float]] = {k: [] for k in ("iteration", "train_loss", "val_loss", "val_acc", "test_acc")}
+    checkpoints: dict[int, dict[str, torch.Tensor]] = {}
+    running_loss = torch.zeros((), device=data.x_train.device)
+    running_steps = 0
+
+    def record(iteration: int) -> None:
+        nonlocal running_loss, running_steps
+        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, config.eval_batch_size)
+        _, test_acc = evaluate(model, data.x_test, data.y_test, config.eval_batch_size)
+        train_loss = running_loss.item() / running_steps if running_steps else None
+        running_loss, running_steps = torch.zeros_like(running_loss), 0
+        for key, value in zip(curve, (iteration, train_loss, val_loss, val_acc, test_acc), strict=True):
+            curve[key].append(value)
+        progress.advance(progress_key, 0, val_acc=val_acc, test_acc=test_acc)
+
+    started = time.perf_counter()
+    progress.start(progress_key, total - start_iteration, "train")
+    model.train()
+    if start_iteration in checkpoint_at:
+        checkpoints[start_iteration] = _snapshot(model)
+    record(start_iteration)
+    reported = start_iteration
+    for iteration in range(start_iteration, total):
+        if not constant_lr:
+            factor = lr_factor(iteration)
+            for group, base in zip(optimizer.param_groups, group_lrs, strict=True):
+                group["lr"] = base * factor
+        x, y = batches.next()
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        if masked is not None:
+            masked.mask_gradients()
+        optimizer.step()
+        if masked is not None:
+            masked.mask_weights()
+        running_loss += loss.detach()
+        running_steps += 1
+        done = iteration + 1
+        if done in checkpoint_at:
+            checkpoints[done] = _snapshot(model)
+        if done % eval_every == 0 or done == total:
+            record(done)
+            progress.advance(progress_key, done - reported)
+            reported = done
+    progress.finish(progress_key)
+
+    best = min(range(len(curve["val_loss"])), key=lambda i: curve["val_loss"][i])
+    return TrainResult(
+        iterations=total, early_stop_iter=int(curve["iteration"][best]), test_acc=curve["test_acc"][best],
+        val_loss=curve["val_loss"][best], test_acc_end=curve["test_acc"][-1], val_acc_end=curve["val_acc"][-1],
+        seconds=time.perf_counter() - started, curve=curve, checkpoints=checkpoints,
+    )
