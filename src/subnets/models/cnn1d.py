@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from subnets.models.init import glorot_normal_
-from subnets.models.registry import layer_kinds, positive_int, register_model, require_ndim
+from subnets.models.registry import layer_kinds, register_model, require_ndim, require_positive_int
 
 
 class CNN1d(nn.Module):
@@ -44,7 +44,7 @@ class CNN1d(nn.Module):
 def cnn1d(input_shape: tuple[int, ...], num_classes: int, *, channels: int = 32) -> CNN1d:
     """The MNIST-1D CNN with ``channels`` channels per conv layer, Glorot normal init."""
     require_ndim("cnn1d", input_shape, 2, "C, L")
-    positive_int("cnn1d", "channels", channels)
+    require_positive_int("cnn1d", "channels", channels)
     if input_shape[1] < 4:
         raise ValueError(f"model 'cnn1d' pools twice and needs L >= 4, got {input_shape}")
     return glorot_normal_(CNN1d(input_shape, num_classes, channels))

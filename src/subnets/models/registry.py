@@ -89,11 +89,10 @@ def require_ndim(name: str, input_shape: tuple[int, ...], ndim: int, layout: str
         raise ValueError(f"model '{name}' needs input_shape ({layout}), got {tuple(input_shape)}")
 
 
-def positive_int(name: str, option: str, value: Any) -> int:
-    """``value`` if it is a positive int, else ValueError naming model ``name``'s ``option``."""
+def require_positive_int(name: str, option: str, value: Any) -> None:
+    """Raise ValueError naming model ``name``'s ``option`` unless ``value`` is a positive int."""
     if not is_positive_int(value):
         raise ValueError(f"model '{name}': option '{option}' must be a positive int, got {value!r}")
-    return value
 
 
 def is_positive_int(value: Any) -> bool:

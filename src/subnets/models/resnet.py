@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from subnets.models.init import kaiming_normal_
-from subnets.models.registry import layer_kinds, positive_int, register_model, require_ndim
+from subnets.models.registry import layer_kinds, register_model, require_ndim, require_positive_int
 
 
 class BasicBlock(nn.Module):
@@ -66,5 +66,5 @@ class ResNet(nn.Module):
 def resnet20(input_shape: tuple[int, ...], num_classes: int, *, width: int = 1) -> ResNet:
     """ResNet-20 with ``16 * width`` base channels; Kaiming normal convs, identity BatchNorm."""
     require_ndim("resnet20", input_shape, 3, "C, H, W")
-    positive_int("resnet20", "width", width)
+    require_positive_int("resnet20", "width", width)
     return kaiming_normal_(ResNet(input_shape[0], num_classes, width=width))

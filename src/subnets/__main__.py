@@ -1,0 +1,5 @@
+"""``python -m subnets`` runs the command line."""
+
+from subnets.cli import main
+
+main()

@@ -1,0 +1,133 @@
+"""The ``subnets`` command: an end-to-end run, its JSON views, and every usage-error path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from subnets.cli import cli
+
+
+def _invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_end_to_end_run_show_list_report(tiny_recipe, tmp_path) -> None:
+    store = tmp_path / "runs"
+    recipe = tiny_recipe(levels=2)
+    code, stdout, _ = _invoke("run", str(recipe), "--store", str(store), "--quiet", "--device", "cpu")
+    assert code == 0, stdout
+    run_id = stdout.split()[1]
+    index = Path(stdout.strip().split("report: ")[1])
+    assert index.is_file() and (index.parent / "accuracy_vs_weights.png").is_file()
+
+    code, stdout, _ = _invoke("show", run_id[:6], "--store", str(store), "--json")
+    view = json.loads(stdout)
+    assert code == 0 and view["id"] == run_id and view["kind"] == "lottery" and view["status"] == "done"
+    assert len(view["levels"]) == 1 + 2 * 3
+    row = view["levels"][-1]
+    assert {"level", "branch", "seed", "weights_remaining", "test_acc", "early_stop_iter"} <= set(row)
+    assert 0 < row["weights_remaining"] < 1 and 0 <= row["test_acc"] <= 1
+
+    code, stdout, _ = _invoke("list", "--store", str(store), "--json")
+    assert [r["id"] for r in json.loads(stdout)] == [run_id]
+
+    # Running the same recipe again is the same run: every step is found, nothing is trained again.
+    code, stdout, _ = _invoke("run", str(recipe), "--store", str(store), "--quiet")
+    assert code == 0 and run_id in stdout
+    log = subprocess_free_log(store, run_id)
+    assert sum("test acc" in line for line in log) == 7
+
+    code, stdout, _ = _invoke("report", run_id, "--store", str(store), "--out", str(tmp_path / "rep"))
+    assert code == 0 and (tmp_path / "rep" / "index.html").is_file()
+
+
+def subprocess_free_log(store: Path, run_id: str) -> list[str]:
+    from subnets.runs.store import Store
+
+    return Store(store).log_lines(run_id)
+
+
+@pytest.mark.parametrize("content, overrides, message", [
+    ("kind = 'lottery'\nname = [", [], "malformed TOML"),
+    (None, ["prune.typo=3"], "prune.typo"),
+    (None, ["train.batch_size=abc"], "train.batch_size"),
+    (None, ["prune.rates.fc=1.5"], "rate of 'fc' must be in [0, 1)"),
+    (None, ["prune.levels=-1"], "prune.levels"),
+    (None, ["train.length=-5it"], "duration"),
+    (None, ["model.name=vgg"], "unknown model 'vgg'"),
+    (None, ["data.name=cifar"], "unknown dataset 'cifar'"),
+    (None, ["train.optimizer=rmsprop"], "train.optimizer"),
+    (None, ["seeds=[]"], "seeds"),
+    (None, ["kind=boosting"], "kind"),
+    (None, ["model.options.hidden=[3]"], "no option 'hidden'"),
+    (None, ["data.options.size=3"], "no option 'size'"),
+    (None, ["prune.rates.conv9=0.1"], "conv9"),
+    (None, ["prune.rewind=100it"], "prune.rewind"),
+    (None, ["novalue"], "key=value"),
+])
+def test_recipe_errors_are_one_line_exit_2_and_write_nothing(tiny_recipe, tmp_path, content, overrides,
+                                                              message) -> None:
+    recipe = tiny_recipe()
+    if content is not None:
+        recipe.write_text(content)
+    store = tmp_path / "store"
+    args = ["run", str(recipe), "--store", str(store), "--quiet"]
+    for override in overrides:
+        args += ["--set", override]
+    code, _, stderr = _invoke(*args)
+    assert code == 2
+    assert message in stderr and stderr.startswith("error:") and stderr.count("\n") == 1, stderr
+    assert not store.exists()
+
+
+def test_missing_recipe_unknown_run_and_device(tiny_recipe, tmp_path) -> None:
+    code, _, stderr = _invoke("run", str(tmp_path / "nope.toml"), "--store", str(tmp_path / "s"))
+    assert code == 2 and "cannot read recipe" in stderr
+    code, _, stderr = _invoke("show", "abc", "--store", str(tmp_path / "s"))
+    assert code == 2 and "no run store" in stderr
+    _invoke("run", str(tiny_recipe(levels=0, length="30it")), "--store", str(tmp_path / "s"), "--quiet")
+    for verb in ("show", "report"):
+        code, _, stderr = _invoke(verb, "zzzz", "--store", str(tmp_path / "s"))
+        assert code == 2 and "unknown run 'zzzz'" in stderr
+    code, _, stderr = _invoke("run", str(tiny_recipe()), "--device", "tpu")
+    assert code == 2 and "tpu" in stderr
+    if not _cuda():
+        code, _, stderr = _invoke("run", str(tiny_recipe()), "--device", "cuda", "--store", str(tmp_path / "c"))
+        assert code == 2 and "no CUDA device" in stderr and not (tmp_path / "c").exists()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_data_list() -> None:
+    code, stdout, _ = _invoke("data", "list", "--json")
+    assert code == 0
+    assert [d["name"] for d in json.loads(stdout)] == ["mnist", "mnist1d", "modular_addition"]
+
+
+def test_two_recipes_at_once_against_one_store(tiny_recipe, tmp_path) -> None:
+    store = tmp_path / "shared"
+    recipes = [tiny_recipe(name=f"r{i}", filename=f"r{i}.toml", levels=2, length="90it") for i in range(2)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    processes = [subprocess.Popen([sys.executable, "-m", "subnets", "run", str(r), "--store", str(store), "--quiet"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for r in recipes]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    code, stdout, _ = _invoke("list", "--store", str(store), "--json")
+    runs = json.loads(stdout)
+    assert sorted(r["name"] for r in runs) == ["r0", "r1"]
+    assert all(r["status"] == "done" and r["steps"] == 7 for r in runs)
