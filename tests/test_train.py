@@ -88,3 +88,22 @@ def test_same_seed_same_numbers_and_resume_from_checkpoint(mnist) -> None:
 def test_start_iteration_out_of_range(mnist) -> None:
     with pytest.raises(ValueError, match="start_iteration"):
         train(_lenet(), mnist, TrainConfig(length="10it"), seed=0, start_iteration=11)
+
+
+@pytest.mark.parametrize("options", [
+    {"optimizer": "adam", "lr": 1e-2},
+    {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.1},
+    {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
+])
+def test_pruned_weights_stay_exactly_zero_through_training(mnist, options) -> None:
+    from subnets.masks import Mask, layerwise_magnitude
+    from subnets.models import prunable_layers
+
+    model = _lenet()
+    mask = layerwise_magnitude(model, Mask.ones_like(model, prunable_layers(model)),
+                               {"fc1.weight": 0.9, "fc2.weight": 0.5, "fc3.weight": 0.3})
+    train(model, mnist, TrainConfig(length="100it", eval_every="100it", **options), seed=0, mask=mask)
+    params = dict(model.named_parameters())
+    for name, keep in mask.items():
+        assert torch.count_nonzero(params[name][~keep]) == 0, name
+        assert torch.count_nonzero(params[name][keep]) == int(keep.sum()), name

@@ -15,7 +15,7 @@ from subnets.runs.progress import BarProgress
 from subnets.runs.recipe import RecipeError
 from subnets.runs.report import summarize_levels
 from subnets.runs.runner import default_store, report, run_recipe, show
-from subnets.runs.store import Store, UnknownRun
+from subnets.runs.store import RunBusy, Store, UnknownRun
 
 USAGE_ERROR = 2
 out = Console(highlight=False, soft_wrap=True)
@@ -58,7 +58,7 @@ def run_command(recipe: Path, overrides: tuple[str, ...], store_path: Path | Non
         index = report(store, identifier)
     except RecipeError as error:
         _fail(str(error))
-    except DatasetUnavailable as error:
+    except (DatasetUnavailable, RunBusy) as error:
         _fail(str(error), code=1)
     except KeyboardInterrupt:
         _fail("interrupted; run the same command again to resume", code=130)

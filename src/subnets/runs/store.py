@@ -50,6 +50,10 @@ class UnknownRun(LookupError):
     """No run (or more than one) matches the id given."""
 
 
+class RunBusy(RuntimeError):
+    """The run is already being computed by another live process on this host."""
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -104,10 +108,18 @@ class Store:
 
     def start_run(self, run_id: str, kind: str, name: str, recipe: dict[str, Any], device: str,
                   data_source: dict[str, Any] | None = None) -> bool:
-        """Create the run or mark an existing one running again; True when it already existed."""
+        """Create the run or mark an existing one running again; True when it already existed.
+
+        Raises :class:`RunBusy` when another live process on this host is running it: two processes on one
+        run would train every step twice.
+        """
         now = _now()
         with self._transaction() as db:
-            exists = db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None
+            row = db.execute("SELECT status, host, pid FROM runs WHERE id = ?", (run_id,)).fetchone()
+            exists = row is not None
+            owner = row[2] if exists and row[0] == "running" and row[1] == socket.gethostname() else None
+            if owner not in (None, os.getpid()) and _pid_alive(owner):
+                raise RunBusy(f"run {run_id} is already running in process {row[2]}; wait for it or stop it")
             if exists:
                 db.execute("UPDATE runs SET status='running', error=NULL, device=?, host=?, pid=?, updated=?, "
                            "data_source=? WHERE id=?",

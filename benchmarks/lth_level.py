@@ -1,0 +1,165 @@
+"""Seconds per 1,000 training iterations and per lottery level: LeNet-300-100 on MNIST, Adam, batch 60.
+
+Three ways to train the same masked network, timed in one process on the same data:
+
+- ``subnets``: ``subnets.train.train`` (in-memory batches from seeded permutations, fused Adam, masks
+  applied around each step), the loop every lottery level runs;
+- ``plain loop``: a hand-written PyTorch loop over in-memory tensors with ``foreach`` Adam and the same
+  masking, the baseline a careful researcher writes;
+- ``DataLoader loop``: the same with a ``TensorDataset`` + shuffling ``DataLoader``, as most research
+  code does.
+
+A level's time is ``length`` iterations of training plus its evaluations (validation and test sets every
+``eval_every``), as in ``recipes/lth-mnist-lenet300.toml``. Writes ``benchmarks/results/lth_level.json``.
+
+    python benchmarks/lth_level.py [--quick] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import DataLoader, TensorDataset
+
+from subnets.data import load_dataset
+from subnets.masks import Mask, MaskedParameters
+from subnets.models import build_model, prunable_layers
+from subnets.train import TrainConfig, evaluate, train
+
+RESULTS = Path(__file__).parent / "results" / "lth_level.json"
+BATCH = 60
+LEVEL_ITERATIONS = 15_000
+EVALS_PER_LEVEL = LEVEL_ITERATIONS // 500 + 1
+
+
+def _model_and_mask() -> tuple[torch.nn.Module, Mask]:
+    torch.manual_seed(0)
+    model = build_model("lenet300_100", (1, 28, 28), 10)
+    return model, Mask.ones_like(model, prunable_layers(model))
+
+
+def _manual_loop(batches: Callable[[], tuple[torch.Tensor, torch.Tensor]], iterations: int) -> float:
+    """Seconds for ``iterations`` masked Adam steps (``foreach``) drawing batches from ``batches``."""
+    model, mask = _model_and_mask()
+    masked = MaskedParameters(model, mask)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.2e-3, foreach=True)
+    started = time.perf_counter()
+    for _ in range(iterations):
+        x, y = batches()
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        masked.mask_gradients()
+        optimizer.step()
+        masked.mask_weights()
+    return time.perf_counter() - started
+
+
+def time_subnets(data, iterations: int) -> float:
+    """Seconds for ``train()`` over ``iterations``, including its two evaluations (start and end)."""
+    model, mask = _model_and_mask()
+    config = TrainConfig(length=f"{iterations}it", eval_every=f"{iterations}it", batch_size=BATCH)
+    return train(model, data, config, seed=0, mask=mask).seconds
+
+
+def time_plain(data, iterations: int) -> float:
+    """Seconds for the hand-written loop over seeded permutations of in-memory tensors."""
+    generator = torch.Generator().manual_seed(0)
+    n = len(data.y_train)
+    order, position = torch.randperm(n, generator=generator), 0
+
+    def batches() -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal order, position
+        if position + BATCH > n:
+            order, position = torch.randperm(n, generator=generator), 0
+        index = order[position:position + BATCH]
+        position += BATCH
+        return data.x_train[index], data.y_train[index]
+
+    return _manual_loop(batches, iterations)
+
+
+def time_dataloader(data, iterations: int) -> float:
+    """Seconds for the hand-written loop fed by a shuffling DataLoader."""
+    loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=BATCH, shuffle=True,
+                        drop_last=True, generator=torch.Generator().manual_seed(0))
+    stream = iter(loader)
+
+    def batches() -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal stream
+        try:
+            return next(stream)
+        except StopIteration:
+            stream = iter(loader)
+            return next(stream)
+
+    return _manual_loop(batches, iterations)
+
+
+def time_evaluation(data) -> float:
+    """Seconds for one evaluation: validation and test sets, as ``train()`` does every ``eval_every``."""
+    model, _ = _model_and_mask()
+    started = time.perf_counter()
+    evaluate(model, data.x_val, data.y_val)
+    evaluate(model, data.x_test, data.y_test)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="500 iterations per measurement, one repeat")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    iterations, repeats = (500, 1) if args.quick else (3000, 3)
+    data = load_dataset("mnist")
+    variants = {"subnets": time_subnets, "plain loop": time_plain, "DataLoader loop": time_dataloader}
+    for timer in variants.values():  # warm up allocator and kernels
+        timer(data, 50)
+    best = {name: float("inf") for name in variants}
+    for _ in range(repeats):  # interleaved, so that machine noise hits every variant alike
+        for name, timer in variants.items():
+            best[name] = min(best[name], timer(data, iterations))
+    evaluation = min(time_evaluation(data) for _ in range(5))
+    best["subnets"] -= 2 * evaluation  # train() also evaluates at its start and its end
+
+    rows = []
+    for name in variants:
+        per_1000 = 1000 * best[name] / iterations
+        per_level = LEVEL_ITERATIONS / 1000 * per_1000 + EVALS_PER_LEVEL * evaluation
+        rows.append({"variant": name, "seconds_per_1000_iterations": per_1000, "seconds_per_level": per_level,
+                     "speedup_vs_plain_loop": 1000 * best["plain loop"] / iterations / per_1000})
+    result = {
+        "benchmark": "lth_level", "model": "lenet300_100", "dataset": "mnist", "batch_size": BATCH,
+        "optimizer": "adam", "level_iterations": LEVEL_ITERATIONS, "evaluations_per_level": EVALS_PER_LEVEL,
+        "seconds_per_evaluation": evaluation, "iterations_measured": iterations, "repeats": repeats,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(), "rows": rows,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+
+    table = Table(title=f"LeNet-300-100 on MNIST, Adam, batch {BATCH}, {torch.get_num_threads()} thread(s)")
+    for column in ("variant", "s / 1000 it", f"s / level ({LEVEL_ITERATIONS} it + {EVALS_PER_LEVEL} evals)",
+                   "speed-up vs plain loop"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(row["variant"], f"{row['seconds_per_1000_iterations']:.3f}",
+                      f"{row['seconds_per_level']:.1f}", f"{row['speedup_vs_plain_loop']:.2f}x")
+    console = Console()
+    console.print(table)
+    console.print(f"one evaluation (10k val + 10k test): {evaluation:.3f} s; written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

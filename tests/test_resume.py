@@ -1,0 +1,85 @@
+"""A real `subnets run` process killed with SIGKILL mid-run: the store stays sound and the run resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from subnets.runs.store import RunBusy, Store
+
+
+def _subnets(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "subnets", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _finished_steps(store: Path) -> int:
+    if not (store / "store.sqlite").exists():
+        return 0
+    with sqlite3.connect(store / "store.sqlite", timeout=30) as db:
+        try:
+            return db.execute("SELECT COUNT(*) FROM steps").fetchone()[0]
+        except sqlite3.OperationalError:  # the schema is not written yet
+            return 0
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tiny_recipe, tmp_path) -> None:
+    recipe = str(tiny_recipe(levels=2, length="400it", eval_every="100it"))
+    killed_store, clean_store = tmp_path / "killed", tmp_path / "clean"
+
+    process = _subnets("run", recipe, "--store", str(killed_store), "--quiet")
+    deadline = time.monotonic() + 240
+    while _finished_steps(killed_store) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    store = Store(killed_store)
+    [run] = store.runs()
+    assert run["status"] == "partial" and 2 <= run["steps"] < 7
+    with sqlite3.connect(killed_store / "store.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    resumed = _subnets("run", recipe, "--store", str(killed_store), "--quiet")
+    clean = _subnets("run", recipe, "--store", str(clean_store), "--quiet")
+    for p in (resumed, clean):
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+
+    log = store.log_lines(run["id"])
+    assert any("resuming lottery run" in line for line in log)
+    trained = sum("test acc" in line for line in log)
+    assert 7 <= trained <= 8  # every step once; at most the step in progress when killed twice
+
+    def rows(path: Path) -> list[dict]:
+        out = subprocess.run([sys.executable, "-m", "subnets", "show", run["id"], "--store", str(path), "--json"],
+                             capture_output=True, text=True, check=True).stdout
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads(out)["levels"]]
+
+    assert Store(killed_store).run(run["id"])["status"] == "done"
+    assert rows(killed_store) == rows(clean_store)
+
+
+def test_a_run_busy_in_a_live_process_is_refused_and_a_dead_ones_resumed(tmp_path) -> None:
+    store = Store(tmp_path / "store")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        store.start_run("r1", "lottery", "busy", {}, "cpu")
+        with sqlite3.connect(store.db_path) as db:
+            db.execute("UPDATE runs SET pid = ? WHERE id = 'r1'", (other.pid,))
+        with pytest.raises(RunBusy, match=f"already running in process {other.pid}"):
+            store.start_run("r1", "lottery", "busy", {}, "cpu")
+    finally:
+        other.kill()
+        other.wait()
+    assert store.run("r1")["status"] == "partial"  # its process is gone
+    assert store.start_run("r1", "lottery", "busy", {}, "cpu") is True
