@@ -142,3 +142,16 @@ def test_every_shipped_recipe_is_valid(recipe: Path) -> None:
     config = load_recipe(recipe)
     assert config.name == recipe.stem
     KINDS[config.kind].config.model_validate(config.model_dump())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run"], "Missing argument 'RECIPE'"),
+    (["run", "r.toml", "--threads", "0"], "--threads"),
+    (["run", "r.toml", "--device", "tpu"], "tpu"),
+    (["show"], "Missing argument 'RUN'"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+    (["list", "--bogus"], "--bogus"),
+])
+def test_usage_errors_are_one_line_with_exit_2(args: list[str], message: str) -> None:
+    code, _, stderr = _invoke(*args)
+    assert code == 2 and stderr.startswith("error:") and message in stderr and stderr.count("\n") == 1, stderr
