@@ -2,46 +2,56 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from subnets.data.registry import dataset_names, validate_options
 
 
-class DataSpec(BaseModel):
-    """``[data]``: a registered dataset name and its options."""
+class _RegisteredSpec(BaseModel):
+    """A registered name and its options; an unknown name is an error that lists the known ones."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    what: ClassVar[str]
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @classmethod
+    def known(cls) -> list[str]:
+        """The registered names."""
+        raise NotImplementedError
+
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        if name not in dataset_names():
-            raise ValueError(f"unknown dataset '{name}'; known: {', '.join(dataset_names())}")
+        if name not in cls.known():
+            raise ValueError(f"unknown {cls.what} '{name}'; known: {', '.join(cls.known())}")
         return name
+
+
+class DataSpec(_RegisteredSpec):
+    """``[data]``: a registered dataset name and its options."""
+
+    what = "dataset"
+
+    @classmethod
+    def known(cls) -> list[str]:
+        return dataset_names()
 
     def check(self) -> None:
         """Raise ValueError naming an option the dataset does not take."""
         validate_options(self.name, self.options)
 
 
-class ModelSpec(BaseModel):
+class ModelSpec(_RegisteredSpec):
     """``[model]``: a registered model name and its options (checked when the model is built)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    what = "model"
 
-    name: str
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("name")
     @classmethod
-    def _known(cls, name: str) -> str:
+    def known(cls) -> list[str]:
         from subnets.models import model_names
 
-        if name not in model_names():
-            raise ValueError(f"unknown model '{name}'; known: {', '.join(model_names())}")
-        return name
+        return model_names()

@@ -208,16 +208,17 @@ class LotteryExperiment:
             tensors = {"mask": mask.state_dict(), "final": {k: v.cpu() for k, v in model.state_dict().items()}}
             if level == 0:
                 tensors["rewind"] = {k: v.cpu() for k, v in outcome.checkpoints[self.rewind_iter].items()}
-        self.steps.log(f"{key}: weights {100 * mask.density():.2f}%, test acc {100 * outcome.test_acc:.2f}% "
-                       f"at early stop {outcome.early_stop_iter}, {outcome.seconds:.1f}s")
+        line = (f"{key}: weights {100 * mask.density():.2f}%, test acc {100 * outcome.test_acc:.2f}% "
+                f"at early stop {outcome.early_stop_iter}, {outcome.seconds:.1f}s")
+        self.steps.log(line)
+        self.progress.log(line)
         return result, tensors
-
 
     def run(self, steps: StepStore) -> list[dict[str, Any]]:
         """Run (or resume) every step against ``steps`` and return the per-step results."""
         self.steps, self._cache = steps, {}
         units = self.units()
-        self.progress.start("lottery", len(units), f"{self.config.name}: levels x branches x seeds")
+        self.progress.start("lottery", len(units), "units (level x branch x seed)")
         results = []
         for level, branch, seed in units:
             result, _ = self.ensure(level, branch, seed)
