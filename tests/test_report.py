@@ -195,3 +195,41 @@ def test_run_name_is_escaped(tmp_path: Path) -> None:
     page = write_report(_run(name=name), _units(seeds=(0,)), tmp_path).read_text(encoding="utf-8")
     assert "<script>" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; co" in page
+
+
+def _row(level: int, branch: str, weights: float, acc: float, std: float = 0.0, stop: float = 3000) -> dict:
+    return {"level": level, "branch": branch, "weights_remaining": weights, "test_acc_mean": acc,
+            "test_acc_std": std, "early_stop_iter_mean": stop}
+
+
+def test_lottery_findings_hold_and_fail_by_their_criteria() -> None:
+    from subnets.runs.report import lottery_findings
+
+    rows = [
+        _row(0, "imp", 1.0, 0.980, stop=4000),
+        _row(3, "imp", 0.51, 0.982, stop=3000),
+        _row(7, "imp", 0.21, 0.984, stop=3500),
+        _row(7, "reinit", 0.21, 0.975),
+        _row(12, "imp", 0.069, 0.983, std=0.001),
+        _row(12, "reinit", 0.069, 0.970, std=0.002),
+    ]
+    match, reinit, early = lottery_findings(rows)
+    assert match["holds"] is True and "21.0%: +0.40" in match["evidence"] and "6.9%: +0.30" in match["evidence"]
+    assert reinit["holds"] is True and "6.9%: +1.30 (std 0.20)" in reinit["evidence"]
+    assert early["holds"] is True and early["evidence"] == "51.0%: -1000; 21.0%: -500"
+
+    rows[4] = _row(12, "imp", 0.069, 0.978, std=0.001)  # 0.2 points below dense
+    rows[5] = _row(12, "reinit", 0.069, 0.970, std=0.005)  # gap 0.8 < 2 x 0.5
+    rows[2] = _row(7, "imp", 0.21, 0.984, stop=4500)  # later than dense
+    match, reinit, early = lottery_findings(rows)
+    assert (match["holds"], reinit["holds"], early["holds"]) == (False, False, False)
+
+    assert [f["holds"] for f in lottery_findings(rows[1:])] == [None, None, None]  # no dense level
+    assert lottery_findings(rows[:2])[1] == {**lottery_findings(rows[:2])[1], "holds": None,
+                                             "evidence": "no level in range"}
+
+
+def test_lottery_report_shows_the_findings(tmp_path: Path) -> None:
+    page = write_report(_run(), _units(), tmp_path).read_text(encoding="utf-8")
+    assert "Findings of Frankle &amp; Carbin (2019)" in page
+    assert page.count("class='verdict-") == 3

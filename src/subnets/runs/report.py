@@ -76,6 +76,53 @@ def summarize_levels(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def lottery_findings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The three LeNet findings of Frankle & Carbin (2019), checked on :func:`summarize_levels` rows.
+
+    Each finding is ``{"claim", "criterion", "evidence", "holds"}``; ``evidence`` lists the levels the claim
+    covers with their numbers, ``holds`` is True or False by the stated criterion, or None when the run has
+    no level in the claim's range (or no dense level).
+    """
+    by_key = {(r["level"], r["branch"]): r for r in rows}
+    dense = by_key.get((0, "imp"))
+    imp = [r for r in rows if r["branch"] == "imp" and r["level"] > 0 and r["test_acc_mean"] is not None]
+
+    def finding(claim: str, criterion: str, checks: list[tuple[str, bool]]) -> dict[str, Any]:
+        holds = None if dense is None or not checks else all(ok for _, ok in checks)
+        evidence = "; ".join(text for text, _ in checks) or "no level in range"
+        return {"claim": claim, "criterion": criterion, "evidence": evidence, "holds": holds}
+
+    def pct(row: dict[str, Any]) -> str:
+        return f"{_pct_label(row['weights_remaining'])}%"
+
+    matches, below, earlier = [], [], []
+    if dense is not None:
+        for r in imp:
+            gap = 100 * (r["test_acc_mean"] - dense["test_acc_mean"])
+            if 0.035 <= r["weights_remaining"] <= 0.215:
+                matches.append((f"{pct(r)}: {gap:+.2f}", gap >= -0.1))
+            if r["weights_remaining"] >= 0.205 and r["early_stop_iter_mean"] is not None:
+                shift = r["early_stop_iter_mean"] - dense["early_stop_iter_mean"]
+                earlier.append((f"{pct(r)}: {shift:+.0f}", shift <= 0))
+            reinit = by_key.get((r["level"], "reinit"))
+            if r["weights_remaining"] <= 0.075 and reinit is not None and reinit["test_acc_mean"] is not None:
+                gap = 100 * (r["test_acc_mean"] - reinit["test_acc_mean"])
+                spread = 100 * max(r["test_acc_std"] or 0.0, reinit["test_acc_std"] or 0.0)
+                below.append((f"{pct(r)}: {gap:+.2f} (std {spread:.2f})", gap > max(0.5, 2 * spread)))
+    return [
+        finding("Tickets with 21% or fewer of the weights (down to 3.6%) match or beat the dense network's "
+                "test accuracy.",
+                "at every such level, ticket mean test accuracy at early stop is at most 0.1 points below the "
+                "dense mean; evidence: ticket minus dense, points", matches),
+        finding("The reinit control falls clearly below the tickets at 7% of the weights and fewer.",
+                "at every such level, ticket minus reinit mean test accuracy exceeds 0.5 points and twice the "
+                "larger std over seeds; evidence: ticket minus reinit, points", below),
+        finding("Tickets reach their early-stop iteration no later than the dense network down to about 21%.",
+                "at every level with 21% or more of the weights, the ticket's mean early-stop iteration is at "
+                "most the dense one's; evidence: ticket minus dense, iterations", earlier),
+    ]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # grouping and statistics
 
@@ -365,6 +412,16 @@ def _lottery_body(run: dict[str, Any], units: list[dict[str, Any]], out_dir: Pat
         + "\n".join(table)
     )
 
+    verdicts = {True: "holds", False: "does not hold", None: "no data"}
+    findings = ["<table class='findings'><thead><tr><th>finding of the paper</th><th>here</th><th>evidence per "
+                "level (weights remaining: difference)</th><th>criterion</th></tr></thead><tbody>"]
+    for f in lottery_findings(rows):
+        findings.append(f"<tr><td>{_esc(f['claim'])}</td><td class='verdict-{str(f['holds']).lower()}'>"
+                        f"{verdicts[f['holds']]}</td><td>{_esc(f['evidence'])}</td>"
+                        f"<td>{_esc(f['criterion'])}</td></tr>")
+    findings.append("</tbody></table>")
+    parts.append("<h2>Findings of Frankle &amp; Carbin (2019), checked on this run</h2>\n" + "\n".join(findings))
+
     band = "Lines: mean over seeds; shaded band: min–max over seeds; dashed: dense network (level 0)."
     plots = [
         (
@@ -446,6 +503,8 @@ h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #d
 table { border-collapse: collapse; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td:nth-child(2) { text-align: left; }
+table.findings td { text-align: left; vertical-align: top; }
+.verdict-true { color: #2e7d32; font-weight: bold; } .verdict-false { color: #c62828; font-weight: bold; }
 tbody tr:nth-child(even) { background: #fafafa; }
 figure { margin: 1.5em 0; } img { max-width: 100%; }
 figcaption { color: #444; font-size: 0.92em; }
