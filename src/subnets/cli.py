@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import click
 import torch
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -122,8 +123,10 @@ def show_command(run: str, store_path: Path | None, as_json: bool) -> None:
     out.print(f"[bold]{view['name']}[/bold] {view['id']} ({view['kind']}) status: {view['status']}")
     if view["error"]:
         out.print(f"error: {view['error']}")
-    table = Table("level", "branch", "weights %", "test acc % (early stop)", "test acc % (end)",
-                  "early-stop it", "seeds")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for header in ("level", "branch", "weights\n%", "test acc %\nat early stop", "test acc %\nat end",
+                   "early stop\niteration", "seeds"):
+        table.add_column(header, no_wrap=True, justify="left" if header == "branch" else "right")
     for row in summarize_levels(view["levels"]):
         table.add_row(str(row["level"]), row["branch"], f"{100 * row['weights_remaining']:.2f}",
                       f"{100 * row['test_acc_mean']:.2f} ± {100 * row['test_acc_std']:.2f}",
