@@ -110,3 +110,16 @@ def test_corrupt_artefact_is_detected_and_recomputed(tiny_recipe, mnist, tmp_pat
 def test_rewind_past_the_end_is_rejected(tiny_recipe, mnist) -> None:
     with pytest.raises(ValueError, match="prune.rewind"):
         _experiment(tiny_recipe, mnist, length="60it", rewind="60it")
+
+
+def test_global_pruning_schedule_leaves_excluded_layers_dense(tiny_recipe, mnist) -> None:
+    config = load_recipe(tiny_recipe(levels=3, length="30it", eval_every="30it"),
+                         ["prune.method=global", "prune.global_rate=0.2", "prune.branches=['imp']"])
+    results = LotteryExperiment(config, mnist, torch.device("cpu")).run(MemoryStepStore())
+    hidden = 235200 + 30000
+    for result in results:
+        density = result["layer_density"]
+        kept = density["fc1.weight"] * 235200 + density["fc2.weight"] * 30000
+        assert abs(kept - hidden * 0.8 ** result["level"]) <= 1.0
+        assert density["fc3.weight"] == 1.0  # the output layer is excluded by default, as in open_lth
+    assert results[-1]["layer_density"]["fc1.weight"] != results[-1]["layer_density"]["fc2.weight"]

@@ -503,7 +503,7 @@ h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #d
 table { border-collapse: collapse; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td:nth-child(2) { text-align: left; }
-table.findings td { text-align: left; vertical-align: top; }
+table.findings td, table.findings th { text-align: left; vertical-align: top; }
 .verdict-true { color: #2e7d32; font-weight: bold; } .verdict-false { color: #c62828; font-weight: bold; }
 tbody tr:nth-child(even) { background: #fafafa; }
 figure { margin: 1.5em 0; } img { max-width: 100%; }
