@@ -25,9 +25,10 @@ class Batches:
     def skip(self, steps: int) -> None:
         """Advance the stream by ``steps`` batches without materialising them (used when resuming at k)."""
         for _ in range(steps):
-            self._advance()
+            self.next_index()
 
-    def _advance(self) -> torch.Tensor:
+    def next_index(self) -> torch.Tensor:
+        """Indices (into the split) of the next mini-batch, on the data's device."""
         if self._position == self.steps_per_epoch:
             self._order = torch.randperm(len(self.y), generator=self._generator).to(self.y.device)
             self._position = 0
@@ -37,5 +38,5 @@ class Batches:
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next mini-batch."""
-        index = self._advance()
+        index = self.next_index()
         return self.x[index], self.y[index]

@@ -4,9 +4,22 @@
 ``"50000it"`` or ``"10ep"``), evaluates on validation and test every ``eval_every``, and returns the curves,
 the early-stop iteration (minimum validation loss, as the Lottery Ticket paper defines it) with the test
 accuracy there, and copies of the weights at requested iterations (for rewinding).
+``train_population(models, data, config, seeds=...)`` trains K networks of one architecture in one batched
+pass, each member as it would train alone.
 """
 
 from subnets.train.config import TrainConfig, parse_duration
 from subnets.train.loop import TrainResult, evaluate, train
+from subnets.train.population import Population, evaluate_population, population_support, train_population
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "parse_duration", "train"]
+__all__ = [
+    "Population",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "evaluate_population",
+    "parse_duration",
+    "population_support",
+    "train",
+    "train_population",
+]

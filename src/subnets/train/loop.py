@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +37,48 @@ class TrainResult:
             "val_loss": self.val_loss, "test_acc_end": self.test_acc_end, "val_acc_end": self.val_acc_end,
             "seconds": self.seconds, "curve": self.curve,
         }
+
+
+class Curve:
+    """The evaluation points of one training, and the early-stop iteration read from them."""
+
+    KEYS = ("iteration", "train_loss", "val_loss", "val_acc", "test_acc")
+
+    def __init__(self) -> None:
+        self.points: dict[str, list[float]] = {k: [] for k in self.KEYS}
+
+    def add(self, iteration: int, train_loss: float | None, val_loss: float, val_acc: float,
+            test_acc: float) -> None:
+        """One evaluation; ``train_loss`` is the mean since the previous one (None at the start)."""
+        for key, value in zip(self.KEYS, (iteration, train_loss, val_loss, val_acc, test_acc), strict=True):
+            self.points[key].append(value)
+
+    def result(self, iterations: int, seconds: float,
+               checkpoints: dict[int, dict[str, torch.Tensor]]) -> TrainResult:
+        """The training's result: early stop at the evaluation of minimum validation loss."""
+        curve = self.points
+        best = min(range(len(curve["val_loss"])), key=lambda i: curve["val_loss"][i])
+        return TrainResult(
+            iterations=iterations, early_stop_iter=int(curve["iteration"][best]), test_acc=curve["test_acc"][best],
+            val_loss=curve["val_loss"][best], test_acc_end=curve["test_acc"][-1],
+            val_acc_end=curve["val_acc"][-1], seconds=seconds, curve=curve, checkpoints=checkpoints,
+        )
+
+
+def lr_setter(config: TrainConfig, optimizer: torch.optim.Optimizer,
+              steps_per_epoch: int) -> Callable[[int], None] | None:
+    """``set_lr(iteration)`` applying the schedule to ``optimizer``, or None for a constant rate."""
+    if config.schedule == "constant" and parse_duration(config.warmup, steps_per_epoch) == 0:
+        return None
+    factor = config.lr_factor(steps_per_epoch)
+    bases = [g["lr"] for g in optimizer.param_groups]
+
+    def set_lr(iteration: int) -> None:
+        scale = factor(iteration)
+        for group, base in zip(optimizer.param_groups, bases, strict=True):
+            group["lr"] = base * scale
+
+    return set_lr
 
 
 @torch.no_grad()
@@ -82,16 +125,14 @@ def train(
     if not 0 <= start_iteration <= total:
         raise ValueError(f"start_iteration must be in [0, {total}], got {start_iteration}")
     eval_every = parse_duration(config.eval_every, batches.steps_per_epoch)
-    lr_factor = config.lr_factor(batches.steps_per_epoch)
     batches.skip(start_iteration)
     optimizer = config.build_optimizer([p for p in model.parameters() if p.requires_grad])
-    group_lrs = [g["lr"] for g in optimizer.param_groups]
-    constant_lr = config.schedule == "constant" and parse_duration(config.warmup, batches.steps_per_epoch) == 0
+    set_lr = lr_setter(config, optimizer, batches.steps_per_epoch)
     masked = MaskedParameters(model, mask) if mask is not None else None
     if masked is not None:
         masked.mask_weights()
 
-    curve: dict[str, list[float]] = {k: [] for k in ("iteration", "train_loss", "val_loss", "val_acc", "test_acc")}
+    curve = Curve()
     checkpoints: dict[int, dict[str, torch.Tensor]] = {}
     running_loss = torch.zeros((), device=data.x_train.device)
     running_steps = 0
@@ -102,8 +143,7 @@ def train(
         _, test_acc = evaluate(model, data.x_test, data.y_test, config.eval_batch_size)
         train_loss = running_loss.item() / running_steps if running_steps else None
         running_loss, running_steps = torch.zeros_like(running_loss), 0
-        for key, value in zip(curve, (iteration, train_loss, val_loss, val_acc, test_acc), strict=True):
-            curve[key].append(value)
+        curve.add(iteration, train_loss, val_loss, val_acc, test_acc)
         progress.advance(progress_key, 0, val_acc=val_acc, test_acc=test_acc)
 
     started = time.perf_counter()
@@ -114,13 +154,11 @@ def train(
     record(start_iteration)
     reported = start_iteration
     for iteration in range(start_iteration, total):
-        if not constant_lr:
-            factor = lr_factor(iteration)
-            for group, base in zip(optimizer.param_groups, group_lrs, strict=True):
-                group["lr"] = base * factor
+        if set_lr is not None:
+            set_lr(iteration)
         x, y = batches.next()
         loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if masked is not None:
             masked.mask_gradients()
@@ -137,10 +175,4 @@ def train(
             progress.advance(progress_key, done - reported)
             reported = done
     progress.finish(progress_key)
-
-    best = min(range(len(curve["val_loss"])), key=lambda i: curve["val_loss"][i])
-    return TrainResult(
-        iterations=total, early_stop_iter=int(curve["iteration"][best]), test_acc=curve["test_acc"][best],
-        val_loss=curve["val_loss"][best], test_acc_end=curve["test_acc"][-1], val_acc_end=curve["val_acc"][-1],
-        seconds=time.perf_counter() - started, curve=curve, checkpoints=checkpoints,
-    )
+    return curve.result(total, time.perf_counter() - started, checkpoints)

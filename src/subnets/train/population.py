@@ -1,0 +1,226 @@
+"""Populations: K networks of one architecture trained in one batched pass.
+
+Each member has its own parameters, mask, data order (seed) and optimizer state, exactly as if it were
+trained alone by :func:`subnets.train.train`; only the arithmetic is shared. Parameters are stacked along a
+new leading member axis and the model runs under ``torch.func.vmap`` (batched matrix products for linear
+layers, grouped convolutions for conv layers), so one forward, one backward and one fused optimizer step
+serve all K members. Optimizer updates are elementwise, so a member's update is the one it would get alone;
+forward and backward sums are computed in another order than the single-model kernels, so members agree
+with lone training up to float rounding: within 2e-4 in every weight after 150 Adam or SGD steps
+(``tests/test_population.py``). Over longer runs training amplifies rounding: the same lone LeNet-300-100
+trained 500 Adam steps with 1 and with 2 CPU threads already differs by 3e-2 in some weights, and a
+population member drifts from its lone twin by the same amount. Long-run agreement is statistical (the
+accuracies), as between any two machines or thread counts.
+
+Models with buffers (BatchNorm running statistics) are not supported: :func:`population_support` says why,
+and callers train such models one at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from subnets.data import Batches, Dataset
+from subnets.masks import Mask
+from subnets.progress import SILENT, Progress
+from subnets.train.config import TrainConfig, parse_duration
+from subnets.train.loop import Curve, TrainResult, lr_setter
+
+
+def population_support(model: nn.Module) -> str | None:
+    """None when ``model`` can be trained in a population, else the reason it cannot."""
+    buffers = [name for name, _ in model.named_buffers()]
+    if buffers:
+        return f"{type(model).__name__} has buffers ({buffers[0]}, ...), which a population does not batch"
+    return None
+
+
+class Population:
+    """K members of one architecture as stacked parameters ``(K, *shape)`` with stacked masks."""
+
+    def __init__(self, models: Sequence[nn.Module], masks: Sequence[Mask | None] | None = None) -> None:
+        if not models:
+            raise ValueError("a population needs at least one member")
+        masks = list(masks) if masks is not None else [None] * len(models)
+        if len(masks) != len(models):
+            raise ValueError(f"got {len(models)} models but {len(masks)} masks")
+        first = models[0]
+        reason = population_support(first)
+        if reason:
+            raise ValueError(reason)
+        shapes = {n: p.shape for n, p in first.named_parameters()}
+        for i, model in enumerate(models):
+            if type(model) is not type(first) or {n: p.shape for n, p in model.named_parameters()} != shapes:
+                raise ValueError(f"member {i} is not the same architecture as member 0")
+        self.size = len(models)
+        self.template = copy.deepcopy(first).to("meta")
+        self.params: dict[str, torch.Tensor] = {
+            name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]).requires_grad_(
+                first.get_parameter(name).requires_grad)
+            for name in shapes
+        }
+        masked = sorted({name for mask in masks if mask is not None for name in mask}, key=list(shapes).index)
+        unknown = [n for n in masked if n not in shapes]
+        if unknown:
+            raise ValueError(f"mask names '{unknown[0]}', which is not a parameter of the model")
+        self.factors = [
+            torch.stack([
+                (mask[name] if mask is not None and name in mask else torch.ones(shapes[name], dtype=torch.bool))
+                .to(device=self.params[name].device, dtype=self.params[name].dtype)
+                for mask in masks
+            ])
+            for name in masked
+        ]
+        self.masked = [self.params[name] for name in masked]
+        self._forward = vmap(self._member_forward)
+        self._forward_shared = vmap(self._member_forward, in_dims=(0, None))
+
+    def _member_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.template, params, (x,))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(K, B, classes)`` for per-member inputs ``x`` of shape ``(K, B, *input_shape)``."""
+        return self._forward(self.params, x)
+
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(K, N, classes)`` of every member on the same inputs ``x`` of shape ``(N, *input_shape)``."""
+        return self._forward_shared(self.params, x)
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The stacked parameters that require gradients (what the optimizer steps)."""
+        return [p for p in self.params.values() if p.requires_grad]
+
+    def mask_gradients(self) -> None:
+        """Zero the gradients of every member's pruned weights (one fused multiply)."""
+        grads = [p.grad for p in self.masked]
+        if self.masked and all(g is not None for g in grads):
+            torch._foreach_mul_(grads, self.factors)
+
+    @torch.no_grad()
+    def mask_weights(self) -> None:
+        """Zero every member's pruned weights (one fused multiply)."""
+        if self.masked:
+            torch._foreach_mul_(self.masked, self.factors)
+
+    def state_dict(self, member: int) -> dict[str, torch.Tensor]:
+        """Member ``member``'s parameters as a state dict of the architecture (copies)."""
+        return {name: stacked[member].detach().clone() for name, stacked in self.params.items()}
+
+    def write_back(self, models: Sequence[nn.Module]) -> None:
+        """Copy each member's parameters into the corresponding model of ``models``."""
+        for member, model in enumerate(models):
+            model.load_state_dict(self.state_dict(member))
+
+
+@torch.no_grad()
+def evaluate_population(population: Population, x: torch.Tensor, y: torch.Tensor,
+                        batch_size: int = 1000) -> tuple[list[float], list[float]]:
+    """Per-member mean cross-entropy and accuracy on ``(x, y)``, with one device sync at the end."""
+    was_training = population.template.training
+    population.template.eval()
+    loss = torch.zeros(population.size, device=x.device)
+    correct = torch.zeros(population.size, device=x.device, dtype=torch.long)
+    for start in range(0, len(y), batch_size):
+        logits = population.shared(x[start:start + batch_size])
+        target = y[start:start + batch_size].expand(population.size, -1)
+        loss += F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(dim=1)
+        correct += (logits.argmax(dim=2) == target).sum(dim=1)
+    population.template.train(was_training)
+    return (loss / len(y)).tolist(), (correct.double() / len(y)).tolist()
+
+
+def train_population(
+    models: Sequence[nn.Module],
+    data: Dataset,
+    config: TrainConfig,
+    *,
+    seeds: Sequence[int],
+    masks: Sequence[Mask | None] | None = None,
+    start_iteration: int = 0,
+    checkpoint_at: tuple[int, ...] = (),
+    progress: Progress = SILENT,
+    progress_key: str = "population",
+) -> list[TrainResult]:
+    """Train ``models`` as one population and write the trained weights back into them.
+
+    Member i behaves as ``train(models[i], data, config, seed=seeds[i], mask=masks[i], ...)``: same data
+    order, same schedule, same early-stop rule, its own optimizer state. All members share the schedule and
+    ``start_iteration``. Models and data must already be on the same device. The ``seconds`` of each result
+    is the population's wall time divided by its size.
+    """
+    if len(seeds) != len(models):
+        raise ValueError(f"got {len(models)} models but {len(seeds)} seeds")
+    population = Population(models, masks)
+    streams = [Batches(data.x_train, data.y_train, config.batch_size, seed) for seed in seeds]
+    steps_per_epoch = streams[0].steps_per_epoch
+    total = config.iterations(steps_per_epoch)
+    if not 0 <= start_iteration <= total:
+        raise ValueError(f"start_iteration must be in [0, {total}], got {start_iteration}")
+    eval_every = parse_duration(config.eval_every, steps_per_epoch)
+    for stream in streams:
+        stream.skip(start_iteration)
+    optimizer = config.build_optimizer(population.parameters())
+    set_lr = lr_setter(config, optimizer, steps_per_epoch)
+    population.mask_weights()
+
+    curves = [Curve() for _ in models]
+    checkpoints: list[dict[int, dict[str, torch.Tensor]]] = [{} for _ in models]
+    running_loss = torch.zeros(population.size, device=data.x_train.device)
+    running_steps = 0
+
+    def record(iteration: int) -> None:
+        nonlocal running_loss, running_steps
+        val_loss, val_acc = evaluate_population(population, data.x_val, data.y_val, config.eval_batch_size)
+        _, test_acc = evaluate_population(population, data.x_test, data.y_test, config.eval_batch_size)
+        train_loss = (running_loss / running_steps).tolist() if running_steps else [None] * population.size
+        running_loss, running_steps = torch.zeros_like(running_loss), 0
+        for member, curve in enumerate(curves):
+            curve.add(iteration, train_loss[member], val_loss[member], val_acc[member], test_acc[member])
+        progress.advance(progress_key, 0, best_val_acc=max(val_acc), best_test_acc=max(test_acc))
+
+    def snapshot(iteration: int) -> None:
+        for member in range(population.size):
+            checkpoints[member][iteration] = population.state_dict(member)
+
+    started = time.perf_counter()
+    progress.start(progress_key, total - start_iteration, f"train {population.size} networks")
+    population.template.train()
+    if start_iteration in checkpoint_at:
+        snapshot(start_iteration)
+    record(start_iteration)
+    reported = start_iteration
+    for iteration in range(start_iteration, total):
+        if set_lr is not None:
+            set_lr(iteration)
+        index = torch.stack([stream.next_index() for stream in streams])
+        losses = _member_losses(population(data.x_train[index]), data.y_train[index])
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        population.mask_gradients()
+        optimizer.step()
+        population.mask_weights()
+        running_loss += losses.detach()
+        running_steps += 1
+        done = iteration + 1
+        if done in checkpoint_at:
+            snapshot(done)
+        if done % eval_every == 0 or done == total:
+            record(done)
+            progress.advance(progress_key, done - reported)
+            reported = done
+    progress.finish(progress_key)
+    population.write_back(models)
+    seconds = (time.perf_counter() - started) / population.size
+    return [curve.result(total, seconds, points) for curve, points in zip(curves, checkpoints, strict=True)]
+
+
+def _member_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each member: logits ``(K, B, C)``, targets ``(K, B)`` -> ``(K,)``."""
+    return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(dim=1)
