@@ -27,6 +27,7 @@ class TrainResult:
     test_acc_end: float
     val_acc_end: float
     seconds: float
+    eval_seconds: float
     curve: dict[str, list[float]]
     checkpoints: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
@@ -35,7 +36,7 @@ class TrainResult:
         return {
             "iterations": self.iterations, "early_stop_iter": self.early_stop_iter, "test_acc": self.test_acc,
             "val_loss": self.val_loss, "test_acc_end": self.test_acc_end, "val_acc_end": self.val_acc_end,
-            "seconds": self.seconds, "curve": self.curve,
+            "seconds": self.seconds, "eval_seconds": self.eval_seconds, "curve": self.curve,
         }
 
 
@@ -46,6 +47,7 @@ class Curve:
 
     def __init__(self) -> None:
         self.points: dict[str, list[float]] = {k: [] for k in self.KEYS}
+        self.eval_seconds = 0.0
 
     def add(self, iteration: int, train_loss: float | None, val_loss: float, val_acc: float,
             test_acc: float) -> None:
@@ -61,7 +63,8 @@ class Curve:
         return TrainResult(
             iterations=iterations, early_stop_iter=int(curve["iteration"][best]), test_acc=curve["test_acc"][best],
             val_loss=curve["val_loss"][best], test_acc_end=curve["test_acc"][-1],
-            val_acc_end=curve["val_acc"][-1], seconds=seconds, curve=curve, checkpoints=checkpoints,
+            val_acc_end=curve["val_acc"][-1], seconds=seconds, eval_seconds=self.eval_seconds, curve=curve,
+            checkpoints=checkpoints,
         )
 
 
@@ -139,8 +142,10 @@ def train(
 
     def record(iteration: int) -> None:
         nonlocal running_loss, running_steps
+        started_eval = time.perf_counter()
         val_loss, val_acc = evaluate(model, data.x_val, data.y_val, config.eval_batch_size)
         _, test_acc = evaluate(model, data.x_test, data.y_test, config.eval_batch_size)
+        curve.eval_seconds += time.perf_counter() - started_eval
         train_loss = running_loss.item() / running_steps if running_steps else None
         running_loss, running_steps = torch.zeros_like(running_loss), 0
         curve.add(iteration, train_loss, val_loss, val_acc, test_acc)
