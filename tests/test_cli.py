@@ -155,3 +155,13 @@ def test_every_shipped_recipe_is_valid(recipe: Path) -> None:
 def test_usage_errors_are_one_line_with_exit_2(args: list[str], message: str) -> None:
     code, _, stderr = _invoke(*args)
     assert code == 2 and stderr.startswith("error:") and message in stderr and stderr.count("\n") == 1, stderr
+
+
+def test_run_with_populations(tiny_recipe, tmp_path) -> None:
+    store = tmp_path / "runs"
+    code, stdout, _ = _invoke("run", str(tiny_recipe(levels=1)), "--store", str(store), "--quiet",
+                              "--population", "3", "--threads", "1")
+    assert code == 0, stdout
+    code, stdout, _ = _invoke("show", stdout.split()[1], "--store", str(store), "--json")
+    assert [(r["branch"], r["population"]) for r in json.loads(stdout)["levels"]] == \
+        [("imp", 1), ("imp", 3), ("reinit", 3), ("random_prune", 3)]

@@ -68,19 +68,21 @@ def cli() -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch (default: torch's choice). Small models such as LeNet-300-100 train "
                    "fastest with 1; give each of several concurrent runs its share of the cores.")
+@click.option("--population", "population_size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train up to N networks of a level (branches x seeds) together in one batched pass.")
 @click.option("--quiet", is_flag=True, help="No progress bars or log lines.")
 def run_command(recipe: Path, overrides: tuple[str, ...], store_path: Path | None, device: str,
-                threads: int | None, quiet: bool) -> None:
+                threads: int | None, population_size: int, quiet: bool) -> None:
     """Run (or resume) RECIPE, then write its report."""
     if threads is not None:
         torch.set_num_threads(threads)
     store = _store(store_path)
     try:
         if quiet:
-            identifier = run_recipe(recipe, list(overrides), store, device)
+            identifier = run_recipe(recipe, list(overrides), store, device, population_size=population_size)
         else:
             with BarProgress() as progress:
-                identifier = run_recipe(recipe, list(overrides), store, device, progress)
+                identifier = run_recipe(recipe, list(overrides), store, device, progress, population_size)
         index = report(store, identifier)
     except RecipeError as error:
         _fail(str(error))

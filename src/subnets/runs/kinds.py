@@ -26,17 +26,22 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Kind:
-    """An experiment kind: its recipe model and how to prepare it (loading data, building models)."""
+    """An experiment kind: its recipe model and how to prepare it (loading data, building models).
+
+    ``prepare(recipe, device, progress, population_size)``: ``population_size`` caps how many networks
+    train together in one batched pass, an execution setting like the device (not part of the recipe).
+    """
 
     name: str
     config: type[BaseModel]
-    prepare: Callable[[Any, torch.device, Progress], Prepared]
+    prepare: Callable[[Any, torch.device, Progress, int], Prepared]
 
 
-def _prepare_lottery(config: LotteryConfig, device: torch.device, progress: Progress) -> Prepared:
+def _prepare_lottery(config: LotteryConfig, device: torch.device, progress: Progress,
+                     population_size: int) -> Prepared:
     config.data.check()
     data = load_dataset(config.data.name, **config.data.options).to(device)
-    experiment = LotteryExperiment(config, data, device, progress)
+    experiment = LotteryExperiment(config, data, device, progress, population_size)
     return Prepared(data.source, experiment.run)
 
 

@@ -33,7 +33,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run_recipe(path: Path | str, overrides: list[str], store: Store, device: str = "auto",
-               progress: Progress = SILENT) -> str:
+               progress: Progress = SILENT, population_size: int = 1) -> str:
     """Run or resume the recipe at ``path``; returns the run id.
 
     Everything that can be checked is checked before the store is touched: the recipe, the data, the
@@ -44,7 +44,7 @@ def run_recipe(path: Path | str, overrides: list[str], store: Store, device: str
     kind = KINDS[recipe.kind]
     torch_device = resolve_device(device)
     try:
-        prepared = kind.prepare(recipe, torch_device, progress)
+        prepared = kind.prepare(recipe, torch_device, progress, population_size)
     except DatasetUnavailable:
         raise
     except ValueError as error:

@@ -14,7 +14,7 @@ from subnets.models import build_model, prunable_layers
 from subnets.progress import SILENT, Progress
 from subnets.specs import DataSpec, ModelSpec
 from subnets.steps import MemoryStepStore, StepStore, Tensors, derive_seed
-from subnets.train import TrainConfig, parse_duration, train
+from subnets.train import TrainConfig, parse_duration, population_support, train, train_population
 from subnets.train.config import check_duration
 
 BRANCHES = ("imp", "reinit", "random_prune")
@@ -105,9 +105,15 @@ class LotteryExperiment:
     """The steps of one lottery recipe. ``run(steps)`` runs or resumes them all against a step store."""
 
     def __init__(self, config: LotteryConfig, data: Dataset, device: torch.device,
-                 progress: Progress = SILENT) -> None:
-        """Check the recipe against the data and model (raising ValueError naming what is wrong)."""
+                 progress: Progress = SILENT, population_size: int = 1) -> None:
+        """Check the recipe against the data and model (raising ValueError naming what is wrong).
+
+        ``population_size`` caps how many units train together in one batched pass (1: one at a time).
+        """
+        if population_size < 1:
+            raise ValueError(f"population size must be at least 1, got {population_size}")
         self.config, self.data, self.device, self.progress = config, data, device, progress
+        self.population_size = population_size
         self.steps: StepStore = MemoryStepStore()
         steps_per_epoch = len(data.y_train) // config.train.batch_size
         self.rewind_iter = parse_duration(config.prune.rewind, steps_per_epoch)
@@ -117,6 +123,7 @@ class LotteryExperiment:
                              f"({config.train.length})")
         probe = self.build(0)
         self.kinds = prunable_layers(probe)
+        self.population_reason = population_support(probe)
         self.rates = config.prune.layer_rates(self.kinds)
         self.global_layers = config.prune.global_layers(self.kinds)
         self._cache: dict[str, tuple[dict[str, Any], dict[str, Tensors]]] = {}
@@ -137,12 +144,8 @@ class LotteryExperiment:
     def ensure(self, level: int, branch: str, seed: int) -> tuple[dict[str, Any], dict[str, Tensors]]:
         """The stored step, computing it (and the imp steps it depends on) when missing or corrupt."""
         key = step_key(level, branch, seed)
-        if key not in self._cache:
-            found = self.steps.get_step(key)
-            if found is None:
-                found = self._compute(level, branch, seed)
-                self.steps.put_step(key, *found)
-            self._cache[key] = found
+        if self._lookup(level, branch, seed) is None:
+            self._compute([(level, branch, seed)])
         return self._cache[key]
 
     def mask(self, level: int, seed: int) -> Mask:
@@ -192,43 +195,79 @@ class LotteryExperiment:
         mask.apply(model)
         return model, mask, self.rewind_iter
 
-    def _compute(self, level: int, branch: str, seed: int) -> tuple[dict[str, Any], dict[str, Tensors]]:
+    def _lookup(self, level: int, branch: str, seed: int) -> tuple[dict[str, Any], dict[str, Tensors]] | None:
+        """The step from the cache or the store, or None when it has not finished (or is corrupt)."""
         key = step_key(level, branch, seed)
-        model, mask, start = self.initial(level, branch, seed)
+        if key not in self._cache:
+            found = self.steps.get_step(key)
+            if found is None:
+                return None
+            self._cache[key] = found
+        return self._cache[key]
+
+    def _compute(self, units: list[tuple[int, str, int]]) -> None:
+        """Train ``units`` (all of one level), as one population when the model allows, and store each."""
+        level = units[0][0]
+        starts = [self.initial(*unit) for unit in units]
+        models, masks = [m for m, _, _ in starts], [k for _, k, _ in starts]
+        start = starts[0][2]
+        data_seeds = [derive_seed(seed, "data") for _, _, seed in units]
         checkpoint_at = (self.rewind_iter,) if level == 0 else ()
-        outcome = train(model, self.data, self.config.train, seed=derive_seed(seed, "data"), mask=mask,
-                        start_iteration=start, checkpoint_at=checkpoint_at, progress=self.progress,
-                        progress_key=key)
-        result = {
-            "level": level, "branch": branch, "seed": seed, "weights_remaining": mask.density(),
-            "layer_density": mask.per_layer(), "start_iteration": start, **outcome.summary(),
-        }
-        tensors: dict[str, Tensors] = {}
-        if branch == "imp":
-            tensors = {"mask": mask.state_dict(), "final": {k: v.cpu() for k, v in model.state_dict().items()}}
-            if level == 0:
-                tensors["rewind"] = {k: v.cpu() for k, v in outcome.checkpoints[self.rewind_iter].items()}
-        line = (f"{key}: weights {100 * mask.density():.2f}%, test acc {100 * outcome.test_acc:.2f}% "
-                f"at early stop {outcome.early_stop_iter}, {outcome.seconds:.1f}s")
-        self.steps.log(line)
-        self.progress.log(line)
-        return result, tensors
+        batched = len(units) > 1 and self.population_reason is None
+        if batched:
+            outcomes = train_population(models, self.data, self.config.train, seeds=data_seeds, masks=masks,
+                                        start_iteration=start, checkpoint_at=checkpoint_at, progress=self.progress,
+                                        progress_key=f"{step_key(*units[0])} + {len(units) - 1} more")
+        else:
+            outcomes = [train(model, self.data, self.config.train, seed=data_seed, mask=mask, start_iteration=start,
+                              checkpoint_at=checkpoint_at, progress=self.progress, progress_key=step_key(*unit))
+                        for unit, model, mask, data_seed in zip(units, models, masks, data_seeds, strict=True)]
+        for (lvl, branch, seed), model, mask, outcome in zip(units, models, masks, outcomes, strict=True):
+            key = step_key(lvl, branch, seed)
+            result = {
+                "level": lvl, "branch": branch, "seed": seed, "weights_remaining": mask.density(),
+                "layer_density": mask.per_layer(), "start_iteration": start, "population": len(units) if batched
+                else 1, **outcome.summary(),
+            }
+            tensors: dict[str, Tensors] = {}
+            if branch == "imp":
+                tensors = {"mask": mask.state_dict(), "final": {k: v.cpu() for k, v in model.state_dict().items()}}
+                if lvl == 0:
+                    tensors["rewind"] = {k: v.cpu() for k, v in outcome.checkpoints[self.rewind_iter].items()}
+            self.steps.put_step(key, result, tensors)
+            self._cache[key] = (result, tensors)
+            line = (f"{key}: weights {100 * mask.density():.2f}%, test acc {100 * outcome.test_acc:.2f}% "
+                    f"at early stop {outcome.early_stop_iter}, {outcome.seconds:.1f}s")
+            self.steps.log(line)
+            self.progress.log(line)
 
     def run(self, steps: StepStore) -> list[dict[str, Any]]:
-        """Run (or resume) every step against ``steps`` and return the per-step results."""
+        """Run (or resume) every step against ``steps`` and return the per-step results.
+
+        Level by level, the missing units of a level (its branches and seeds) train together in populations
+        of at most ``population_size``; each unit is stored as soon as its population finishes.
+        """
         self.steps, self._cache = steps, {}
         units = self.units()
         self.progress.start("lottery", len(units), "units (level x branch x seed)")
-        results = []
-        for level, branch, seed in units:
-            result, _ = self.ensure(level, branch, seed)
-            results.append(result)
-            self.progress.advance("lottery", 1, level=level)
+        if self.population_size > 1 and self.population_reason is not None:
+            steps.log(f"{self.config.model.name} trains one network at a time: {self.population_reason}")
+        for level in range(self.config.prune.levels + 1):
+            todo = []
+            for unit in (u for u in units if u[0] == level):
+                if self._lookup(*unit) is None:
+                    todo.append(unit)
+                else:
+                    self.progress.advance("lottery", 1, level=level)
+            for first in range(0, len(todo), self.population_size):
+                group = todo[first:first + self.population_size]
+                self._compute(group)
+                self.progress.advance("lottery", len(group), level=level)
         self.progress.finish("lottery")
-        return results
+        return [self._cache[step_key(*unit)][0] for unit in units]
 
 
 def run_lottery(config: LotteryConfig, data: Dataset, steps: StepStore, device: torch.device,
-                progress: Progress = SILENT) -> list[dict[str, Any]]:
+                progress: Progress = SILENT, population_size: int = 1) -> list[dict[str, Any]]:
     """Run (or resume) every step of a lottery recipe and return the per-step results."""
-    return LotteryExperiment(config, data, device, progress).run(steps)
+    return LotteryExperiment(config, data, device, progress, population_size).run(steps)
