@@ -14,6 +14,7 @@ from subnets.data import Batches, Dataset
 from subnets.masks import Mask, MaskedParameters
 from subnets.progress import SILENT, Progress
 from subnets.train.config import TrainConfig, parse_duration
+from subnets.train.sparse import Sparsified, sparsify
 
 
 @dataclass
@@ -115,6 +116,7 @@ def train(
     checkpoint_at: tuple[int, ...] = (),
     progress: Progress = SILENT,
     progress_key: str = "train",
+    sparse_below: float = 0.0,
 ) -> TrainResult:
     """Train ``model`` in place from ``start_iteration`` to the configured length.
 
@@ -122,7 +124,21 @@ def train(
     rewound run sees the same batches as the original from there on). ``mask`` keeps pruned weights at
     exactly zero. ``checkpoint_at`` lists iterations whose weights are copied into the result (iteration
     ``start_iteration`` included if listed). Model and data must already be on the same device.
+    Masked linear layers whose density is below ``sparse_below`` train in sparse form
+    (:mod:`subnets.train.sparse`): the same result up to float rounding, less arithmetic.
     """
+    sparse = sparsify(model, mask, sparse_below) if mask is not None and sparse_below > 0 else None
+    try:
+        return _train(model, data, config, seed, mask, start_iteration, checkpoint_at, progress, progress_key,
+                      sparse)
+    finally:
+        if sparse is not None:
+            sparse.restore()
+
+
+def _train(model: nn.Module, data: Dataset, config: TrainConfig, seed: int, mask: Mask | None,
+           start_iteration: int, checkpoint_at: tuple[int, ...], progress: Progress, progress_key: str,
+           sparse: Sparsified | None) -> TrainResult:
     batches = Batches(data.x_train, data.y_train, config.batch_size, seed)
     total = config.iterations(batches.steps_per_epoch)
     if not 0 <= start_iteration <= total:
@@ -131,9 +147,14 @@ def train(
     batches.skip(start_iteration)
     optimizer = config.build_optimizer([p for p in model.parameters() if p.requires_grad])
     set_lr = lr_setter(config, optimizer, batches.steps_per_epoch)
-    masked = MaskedParameters(model, mask) if mask is not None else None
+    if mask is not None and sparse is not None:
+        mask = Mask({name: keep for name, keep in mask.items() if name not in sparse.names})
+    masked = MaskedParameters(model, mask) if mask else None
     if masked is not None:
         masked.mask_weights()
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return sparse.state_dict() if sparse is not None else _snapshot(model)
 
     curve = Curve()
     checkpoints: dict[int, dict[str, torch.Tensor]] = {}
@@ -155,7 +176,7 @@ def train(
     progress.start(progress_key, total - start_iteration, "train")
     model.train()
     if start_iteration in checkpoint_at:
-        checkpoints[start_iteration] = _snapshot(model)
+        checkpoints[start_iteration] = snapshot()
     record(start_iteration)
     reported = start_iteration
     for iteration in range(start_iteration, total):
@@ -174,7 +195,7 @@ def train(
         running_steps += 1
         done = iteration + 1
         if done in checkpoint_at:
-            checkpoints[done] = _snapshot(model)
+            checkpoints[done] = snapshot()
         if done % eval_every == 0 or done == total:
             record(done)
             progress.advance(progress_key, done - reported)
