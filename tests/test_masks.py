@@ -99,3 +99,13 @@ def test_mask_state_dict_round_trip(tmp_path) -> None:
     loaded = Mask(torch.load(tmp_path / "mask.pt", weights_only=True))
     assert loaded == mask
     assert abs(loaded.density() - 0.75) < 1e-9
+
+
+def test_masked_parameters_of_an_empty_mask_do_nothing() -> None:
+    model = _lenet()
+    before = model.fc1.weight.detach().clone()
+    enforce = MaskedParameters(model, Mask({}))
+    nn.functional.cross_entropy(model(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3])).backward()
+    enforce.mask_gradients()
+    enforce.mask_weights()
+    assert torch.equal(model.fc1.weight, before) and model.fc1.weight.grad.abs().sum() > 0

@@ -94,6 +94,8 @@ class MaskedParameters:
     def mask_gradients(self) -> None:
         """Zero the gradients of pruned weights."""
         grads = [p.grad for p in self.params if p.grad is not None]
+        if not self.params:
+            return
         if len(grads) == len(self.params):
             torch._foreach_mul_(grads, self.factors)
         else:
@@ -104,4 +106,5 @@ class MaskedParameters:
     @torch.no_grad()
     def mask_weights(self) -> None:
         """Zero the pruned weights."""
-        torch._foreach_mul_(self.params, self.factors)
+        if self.params:
+            torch._foreach_mul_(self.params, self.factors)
