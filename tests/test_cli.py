@@ -165,3 +165,13 @@ def test_run_with_populations(tiny_recipe, tmp_path) -> None:
     code, stdout, _ = _invoke("show", stdout.split()[1], "--store", str(store), "--json")
     assert [(r["branch"], r["population"]) for r in json.loads(stdout)["levels"]] == \
         [("imp", 1), ("imp", 3), ("reinit", 3), ("random_prune", 3)]
+
+
+def test_show_markdown_puts_branches_side_by_side(tiny_recipe, tmp_path) -> None:
+    store = tmp_path / "runs"
+    code, stdout, _ = _invoke("run", str(tiny_recipe(levels=1)), "--store", str(store), "--quiet")
+    code, stdout, _ = _invoke("show", stdout.split()[1], "--store", str(store), "--markdown")
+    lines = stdout.splitlines()
+    assert code == 0 and lines[0].startswith("| level | weights % | imp test acc % | reinit test acc %")
+    assert lines[2].startswith("| 0 | 100 |") and lines[3].startswith("| 1 | 80 |")
+    assert sum(line.startswith("- **") for line in lines) == 3

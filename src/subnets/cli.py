@@ -16,7 +16,7 @@ from rich.table import Table
 from subnets.data import DatasetUnavailable, dataset_info
 from subnets.runs.progress import BarProgress
 from subnets.runs.recipe import RecipeError
-from subnets.runs.report import summarize_levels
+from subnets.runs.report import lottery_markdown, summarize_levels
 from subnets.runs.runner import default_store, report, run_recipe, show
 from subnets.runs.store import RunBusy, Store, UnknownRun
 
@@ -113,7 +113,8 @@ def list_command(store_path: Path | None, as_json: bool) -> None:
 @click.argument("run")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout (stable format).")
-def show_command(run: str, store_path: Path | None, as_json: bool) -> None:
+@click.option("--markdown", is_flag=True, help="A Markdown table (branches side by side) and the findings.")
+def show_command(run: str, store_path: Path | None, as_json: bool, markdown: bool) -> None:
     """Show a run (RUN is an id or a unique prefix of one)."""
     try:
         view = show(_store(store_path), run)
@@ -121,6 +122,9 @@ def show_command(run: str, store_path: Path | None, as_json: bool) -> None:
         _fail(str(error))
     if as_json:
         click.echo(json.dumps(view))
+        return
+    if markdown:
+        click.echo(lottery_markdown(view["levels"]), nl=False)
         return
     out.print(f"[bold]{view['name']}[/bold] {view['id']} ({view['kind']}) status: {view['status']}")
     if view["error"]:

@@ -79,18 +79,18 @@ def summarize_levels(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def lottery_findings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The three LeNet findings of Frankle & Carbin (2019), checked on :func:`summarize_levels` rows.
 
-    Each finding is ``{"claim", "criterion", "evidence", "holds"}``; ``evidence`` lists the levels the claim
-    covers with their numbers, ``holds`` is True or False by the stated criterion, or None when the run has
-    no level in the claim's range (or no dense level).
+    Each finding is ``{"claim", "criterion", "measure", "evidence", "holds"}``; ``evidence`` lists the levels
+    the claim covers with their ``measure``, ``holds`` is True or False by the stated criterion, or None when
+    the run has no level in the claim's range (or no dense level).
     """
     by_key = {(r["level"], r["branch"]): r for r in rows}
     dense = by_key.get((0, "imp"))
     imp = [r for r in rows if r["branch"] == "imp" and r["level"] > 0 and r["test_acc_mean"] is not None]
 
-    def finding(claim: str, criterion: str, checks: list[tuple[str, bool]]) -> dict[str, Any]:
+    def finding(claim: str, criterion: str, measure: str, checks: list[tuple[str, bool]]) -> dict[str, Any]:
         holds = None if dense is None or not checks else all(ok for _, ok in checks)
         evidence = "; ".join(text for text, _ in checks) or "no level in range"
-        return {"claim": claim, "criterion": criterion, "evidence": evidence, "holds": holds}
+        return {"claim": claim, "criterion": criterion, "measure": measure, "evidence": evidence, "holds": holds}
 
     def pct(row: dict[str, Any]) -> str:
         return f"{_pct_label(row['weights_remaining'])}%"
@@ -113,14 +113,38 @@ def lottery_findings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         finding("Tickets with 21% or fewer of the weights (down to 3.6%) match or beat the dense network's "
                 "test accuracy.",
                 "at every such level, ticket mean test accuracy at early stop is at most 0.1 points below the "
-                "dense mean; evidence: ticket minus dense, points", matches),
+                "dense mean", "ticket minus dense, points", matches),
         finding("The reinit control falls clearly below the tickets at 7% of the weights and fewer.",
                 "at every such level, ticket minus reinit mean test accuracy exceeds 0.5 points and twice the "
-                "larger std over seeds; evidence: ticket minus reinit, points", below),
+                "larger std over seeds", "ticket minus reinit, points", below),
         finding("Tickets reach their early-stop iteration no later than the dense network down to about 21%.",
                 "at every level with 21% or more of the weights, the ticket's mean early-stop iteration is at "
-                "most the dense one's; evidence: ticket minus dense, iterations", earlier),
+                "most the dense one's", "ticket minus dense, iterations", earlier),
     ]
+
+
+def lottery_markdown(units: list[dict[str, Any]]) -> str:
+    """A lottery run as Markdown: one row per level with every branch side by side, then the findings."""
+    rows = summarize_levels(units)
+    branches = sorted({r["branch"] for r in rows}, key=_branch_key)
+    by_key = {(r["level"], r["branch"]): r for r in rows}
+    head = (["level", "weights %"] + [f"{b} test acc %" for b in branches]
+            + [f"{b} early stop (it)" for b in branches] + ["seeds"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for level in sorted({r["level"] for r in rows}):
+        cells = [by_key.get((level, b)) for b in branches]
+        present = [c for c in cells if c is not None]
+        accs = ["" if c is None else _fmt_acc(c["test_acc_mean"], c["test_acc_std"]) for c in cells]
+        stops = ["" if c is None or c["early_stop_iter_mean"] is None else f"{c['early_stop_iter_mean']:.0f}"
+                 for c in cells]
+        weights = present[0]["weights_remaining"]
+        lines.append("| " + " | ".join([str(level), "–" if weights is None else f"{100 * weights:.3g}", *accs,
+                                        *stops, str(max(c["n_seeds"] for c in present))]) + " |")
+    verdicts = {True: "holds", False: "does not hold", None: "no data"}
+    findings = [f"- **{verdicts[f['holds']]}**: {f['claim']} Criterion: {f['criterion']}. Per level "
+                f"({f['measure']}): {f['evidence']}." for f in lottery_findings(rows)]
+    return "\n".join(lines) + "\n\nTest accuracy at the early-stop iteration, mean ± std over seeds.\n\n" + \
+        "\n".join(findings) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -414,10 +438,10 @@ def _lottery_body(run: dict[str, Any], units: list[dict[str, Any]], out_dir: Pat
 
     verdicts = {True: "holds", False: "does not hold", None: "no data"}
     findings = ["<table class='findings'><thead><tr><th>finding of the paper</th><th>here</th><th>evidence per "
-                "level (weights remaining: difference)</th><th>criterion</th></tr></thead><tbody>"]
+                "level (weights remaining: value)</th><th>criterion</th></tr></thead><tbody>"]
     for f in lottery_findings(rows):
         findings.append(f"<tr><td>{_esc(f['claim'])}</td><td class='verdict-{str(f['holds']).lower()}'>"
-                        f"{verdicts[f['holds']]}</td><td>{_esc(f['evidence'])}</td>"
+                        f"{verdicts[f['holds']]}</td><td>{_esc(f['measure'])}: {_esc(f['evidence'])}</td>"
                         f"<td>{_esc(f['criterion'])}</td></tr>")
     findings.append("</tbody></table>")
     parts.append("<h2>Findings of Frankle &amp; Carbin (2019), checked on this run</h2>\n" + "\n".join(findings))
