@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 
 # The main job: lottery tickets in LeNet-300-100 on real MNIST (the two-minute recipe), then its report.
 demo: setup
-	$(BIN)/subnets run recipes/lth-mnist-lenet300-quick.toml --threads 1
+	$(BIN)/subnets run recipes/lth-mnist-lenet300-quick.toml
 
 test: setup
 	$(BIN)/python -m pytest

@@ -12,20 +12,17 @@ Three ways to train the same masked network, timed in one process on the same da
 A level's time is ``length`` iterations of training plus its evaluations (validation and test sets every
 ``eval_every``), as in ``recipes/lth-mnist-lenet300.toml``. Writes ``benchmarks/results/lth_level.json``.
 
-    python benchmarks/lth_level.py [--quick] [--threads N]
+    python benchmarks/lth_level.py [--quick] [--threads 1,2]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import parse_args, write_result
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, TensorDataset
@@ -35,7 +32,6 @@ from subnets.masks import Mask, MaskedParameters
 from subnets.models import build_model, prunable_layers
 from subnets.train import TrainConfig, evaluate, train
 
-RESULTS = Path(__file__).parent / "results" / "lth_level.json"
 BATCH = 60
 LEVEL_ITERATIONS = 15_000
 EVALS_PER_LEVEL = LEVEL_ITERATIONS // 500 + 1
@@ -115,15 +111,8 @@ def time_evaluation(data) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="500 iterations per measurement, one repeat")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    iterations, repeats = (500, 1) if args.quick else (3000, 3)
-    data = load_dataset("mnist")
+def measure(data, iterations: int, repeats: int) -> list[dict]:
+    """One row per variant at the current thread count."""
     variants = {"subnets": time_subnets, "plain loop": time_plain, "DataLoader loop": time_dataloader}
     for timer in variants.values():  # warm up allocator and kernels
         timer(data, 50)
@@ -132,33 +121,38 @@ def main() -> None:
         for name, timer in variants.items():
             best[name] = min(best[name], timer(data, iterations))
     evaluation = min(time_evaluation(data) for _ in range(5))
-
     rows = []
     for name in variants:
         per_1000 = 1000 * best[name] / iterations
-        per_level = LEVEL_ITERATIONS / 1000 * per_1000 + EVALS_PER_LEVEL * evaluation
-        rows.append({"variant": name, "seconds_per_1000_iterations": per_1000, "seconds_per_level": per_level,
+        rows.append({"threads": torch.get_num_threads(), "variant": name, "seconds_per_1000_iterations": per_1000,
+                     "seconds_per_evaluation": evaluation,
+                     "seconds_per_level": LEVEL_ITERATIONS / 1000 * per_1000 + EVALS_PER_LEVEL * evaluation,
                      "speedup_vs_plain_loop": 1000 * best["plain loop"] / iterations / per_1000})
-    result = {
-        "benchmark": "lth_level", "model": "lenet300_100", "dataset": "mnist", "batch_size": BATCH,
-        "optimizer": "adam", "level_iterations": LEVEL_ITERATIONS, "evaluations_per_level": EVALS_PER_LEVEL,
-        "seconds_per_evaluation": evaluation, "iterations_measured": iterations, "repeats": repeats,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(), "rows": rows,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    return rows
 
-    table = Table(title=f"LeNet-300-100 on MNIST, Adam, batch {BATCH}, {torch.get_num_threads()} thread(s)")
-    for column in ("variant", "s / 1000 it", f"s / level ({LEVEL_ITERATIONS} it + {EVALS_PER_LEVEL} evals)",
+
+def main() -> None:
+    args = parse_args(__doc__)
+    iterations, repeats = (500, 1) if args.quick else (3000, 3)
+    data = load_dataset("mnist")
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        rows += measure(data, iterations, repeats)
+    path = write_result("lth_level", {
+        "model": "lenet300_100", "dataset": "mnist", "batch_size": BATCH, "optimizer": "adam",
+        "level_iterations": LEVEL_ITERATIONS, "evaluations_per_level": EVALS_PER_LEVEL,
+        "iterations_measured": iterations, "repeats": repeats, "rows": rows})
+
+    table = Table(title=f"LeNet-300-100 on MNIST, Adam, batch {BATCH}")
+    for column in ("threads", "variant", "s / 1000 it", f"s / level ({LEVEL_ITERATIONS} it + {EVALS_PER_LEVEL} evals)",
                    "speed-up vs plain loop"):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(row["variant"], f"{row['seconds_per_1000_iterations']:.3f}",
+        table.add_row(str(row["threads"]), row["variant"], f"{row['seconds_per_1000_iterations']:.3f}",
                       f"{row['seconds_per_level']:.1f}", f"{row['speedup_vs_plain_loop']:.2f}x")
-    console = Console()
-    console.print(table)
-    console.print(f"one evaluation (10k val + 10k test): {evaluation:.3f} s; written to {RESULTS}")
+    Console().print(table)
+    Console().print(f"written to {path}")
 
 
 if __name__ == "__main__":

@@ -6,17 +6,13 @@ seeds and masks) once as a population (``subnets.train.train_population``) and o
 iterations per network (evaluations left out) and the speed-up of the population. Writes
 ``benchmarks/results/population.json`` with a ``speedup`` per K and batch size.
 
-    python benchmarks/population.py [--quick] [--threads N]
+    python benchmarks/population.py [--quick] [--threads 1,2]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-from pathlib import Path
-
 import torch
+from common import parse_args, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -25,7 +21,6 @@ from subnets.masks import Mask, layerwise_magnitude
 from subnets.models import build_model, prunable_layers
 from subnets.train import TrainConfig, train, train_population
 
-RESULTS = Path(__file__).parent / "results" / "population.json"
 SIZES = (1, 2, 4, 8, 16)
 BATCHES = (60, 128)
 
@@ -54,40 +49,37 @@ def per_network_seconds(data, k: int, batch: int, iterations: int, population: b
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer iterations, one repeat")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(__doc__)
     iterations, repeats = (60, 1) if args.quick else (300, 2)
     data = load_dataset("mnist")
-    per_network_seconds(data, 2, 60, 20, True)  # warm-up
-    per_network_seconds(data, 2, 60, 20, False)
     rows = []
-    for batch in BATCHES:
-        for k in SIZES:
-            alone = min(per_network_seconds(data, k, batch, iterations, False) for _ in range(repeats))
-            together = min(per_network_seconds(data, k, batch, iterations, True) for _ in range(repeats))
-            rows.append({"k": k, "batch_size": batch,
-                         "population_s_per_1000_it_per_network": 1000 * together / iterations,
-                         "one_at_a_time_s_per_1000_it_per_network": 1000 * alone / iterations,
-                         "speedup": alone / together})
-    result = {"benchmark": "population", "model": "lenet300_100", "dataset": "mnist", "optimizer": "adam",
-              "iterations_measured": iterations, "repeats": repeats, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "machine": platform.machine(),
-              "device": "cpu", "rows": rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        per_network_seconds(data, 2, 60, 20, True)  # warm-up
+        per_network_seconds(data, 2, 60, 20, False)
+        for batch in BATCHES:
+            for k in SIZES:
+                alone = together = float("inf")
+                for _ in range(repeats):  # interleaved, so that machine noise hits both alike
+                    alone = min(alone, per_network_seconds(data, k, batch, iterations, False))
+                    together = min(together, per_network_seconds(data, k, batch, iterations, True))
+                rows.append({"threads": threads, "k": k, "batch_size": batch,
+                             "population_s_per_1000_it_per_network": 1000 * together / iterations,
+                             "one_at_a_time_s_per_1000_it_per_network": 1000 * alone / iterations,
+                             "speedup": alone / together})
+    path = write_result("population", {"model": "lenet300_100", "dataset": "mnist", "optimizer": "adam",
+                                       "device": "cpu", "iterations_measured": iterations, "repeats": repeats,
+                                       "rows": rows})
 
-    table = Table(title=f"LeNet-300-100 on MNIST, Adam, {torch.get_num_threads()} thread(s): s / 1000 it per network")
-    for column in ("batch", "K", "population", "one at a time", "speed-up"):
+    table = Table(title="LeNet-300-100 on MNIST, Adam: s / 1000 it per network")
+    for column in ("threads", "batch", "K", "population", "one at a time", "speed-up"):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(str(row["batch_size"]), str(row["k"]), f"{row['population_s_per_1000_it_per_network']:.3f}",
+        table.add_row(str(row["threads"]), str(row["batch_size"]), str(row["k"]),
+                      f"{row['population_s_per_1000_it_per_network']:.3f}",
                       f"{row['one_at_a_time_s_per_1000_it_per_network']:.3f}", f"{row['speedup']:.2f}x")
     Console().print(table)
-    Console().print(f"written to {RESULTS}")
+    Console().print(f"written to {path}")
 
 
 if __name__ == "__main__":

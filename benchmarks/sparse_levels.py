@@ -6,17 +6,13 @@ weights remaining are about 100%, 51%, 21%, 7%, 3.6% and 1%, trains the same mas
 (``sparse_below`` above 1), in the same process on the same data, and reports seconds of training per
 1,000 iterations (evaluations left out). Writes ``benchmarks/results/sparse_levels.json``.
 
-    python benchmarks/sparse_levels.py [--quick] [--threads N]
+    python benchmarks/sparse_levels.py [--quick] [--threads 1,2]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-from pathlib import Path
-
 import torch
+from common import parse_args, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -25,7 +21,6 @@ from subnets.masks import Mask
 from subnets.models import build_model, prunable_layers
 from subnets.train import TrainConfig, train
 
-RESULTS = Path(__file__).parent / "results" / "sparse_levels.json"
 LEVELS = {"100%": 0, "51%": 3, "21%": 7, "7%": 12, "3.6%": 15, "1%": 21}
 RATES = {"fc": 0.2, "output": 0.1}
 
@@ -54,40 +49,36 @@ def seconds(data, level: int, iterations: int, sparse: bool) -> tuple[float, flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer iterations, one repeat")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(__doc__)
     iterations, repeats = (100, 1) if args.quick else (1000, 3)
     data = load_dataset("mnist")
-    seconds(data, 3, 20, True)  # warm-up
-    seconds(data, 3, 20, False)
     rows = []
-    for label, level in LEVELS.items():
-        dense = sparse = float("inf")
-        for _ in range(repeats):  # interleaved, so that machine noise hits both paths alike
-            dense = min(dense, seconds(data, level, iterations, False)[0])
-            sparse = min(sparse, seconds(data, level, iterations, True)[0])
-        density = seconds(data, level, 1, False)[1]
-        rows.append({"weights_remaining": label, "level": level, "density": density,
-                     "dense_s_per_1000_it": 1000 * dense / iterations,
-                     "sparse_s_per_1000_it": 1000 * sparse / iterations, "sparse_over_dense": sparse / dense})
-    result = {"benchmark": "sparse_levels", "model": "lenet300_100", "dataset": "mnist", "optimizer": "adam",
-              "batch_size": 60, "iterations_measured": iterations, "repeats": repeats, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "machine": platform.machine(), "rows": rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        seconds(data, 3, 20, True)  # warm-up
+        seconds(data, 3, 20, False)
+        for label, level in LEVELS.items():
+            dense = sparse = float("inf")
+            for _ in range(repeats):  # interleaved, so that machine noise hits both paths alike
+                dense = min(dense, seconds(data, level, iterations, False)[0])
+                sparse = min(sparse, seconds(data, level, iterations, True)[0])
+            rows.append({"threads": threads, "weights_remaining": label, "level": level,
+                         "density": seconds(data, level, 1, False)[1],
+                         "dense_s_per_1000_it": 1000 * dense / iterations,
+                         "sparse_s_per_1000_it": 1000 * sparse / iterations, "sparse_over_dense": sparse / dense})
+    path = write_result("sparse_levels", {"model": "lenet300_100", "dataset": "mnist", "optimizer": "adam",
+                                          "batch_size": 60, "iterations_measured": iterations,
+                                          "repeats": repeats, "rows": rows})
 
-    table = Table(title=f"LeNet-300-100, Adam, batch 60, {torch.get_num_threads()} thread(s): s / 1000 it")
-    for column in ("weights remaining", "level", "dense masked", "sparse", "sparse / dense"):
+    table = Table(title="LeNet-300-100, Adam, batch 60: s / 1000 it")
+    for column in ("threads", "weights remaining", "level", "dense masked", "sparse", "sparse / dense"):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(f"{100 * row['density']:.2f}%", str(row["level"]), f"{row['dense_s_per_1000_it']:.3f}",
-                      f"{row['sparse_s_per_1000_it']:.3f}", f"{100 * row['sparse_over_dense']:.0f}%")
+        table.add_row(str(row["threads"]), f"{100 * row['density']:.2f}%", str(row["level"]),
+                      f"{row['dense_s_per_1000_it']:.3f}", f"{row['sparse_s_per_1000_it']:.3f}",
+                      f"{100 * row['sparse_over_dense']:.0f}%")
     Console().print(table)
-    Console().print(f"written to {RESULTS}")
+    Console().print(f"written to {path}")
 
 
 if __name__ == "__main__":

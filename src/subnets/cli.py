@@ -66,8 +66,8 @@ def cli() -> None:
 @store_option
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for torch (default: torch's choice). Small models such as LeNet-300-100 train "
-                   "fastest with 1; give each of several concurrent runs its share of the cores.")
+              help="CPU threads for torch (default: torch's choice). Give each of several concurrent runs "
+                   "its share of the cores: oversubscribed threads slow every run down many times over.")
 @click.option("--population", "population_size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train up to N networks of a level (branches x seeds) together in one batched pass.")
 @click.option("--quiet", is_flag=True, help="No progress bars or log lines.")

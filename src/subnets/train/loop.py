@@ -85,6 +85,33 @@ def lr_setter(config: TrainConfig, optimizer: torch.optim.Optimizer,
     return set_lr
 
 
+def run_schedule(start: int, total: int, eval_every: int, checkpoint_at: tuple[int, ...], *,
+                 set_lr: Callable[[int], None] | None, step: Callable[[], None], record: Callable[[int], None],
+                 snapshot: Callable[[int], None], progress: Progress, key: str, description: str) -> None:
+    """The iteration loop shared by lone and population training.
+
+    Calls ``record`` at ``start``, every ``eval_every`` iterations and at ``total``; ``snapshot`` at the
+    iterations in ``checkpoint_at``; ``set_lr`` (if any) before each ``step``; and reports progress.
+    """
+    progress.start(key, total - start, description)
+    if start in checkpoint_at:
+        snapshot(start)
+    record(start)
+    reported = start
+    for iteration in range(start, total):
+        if set_lr is not None:
+            set_lr(iteration)
+        step()
+        done = iteration + 1
+        if done in checkpoint_at:
+            snapshot(done)
+        if done % eval_every == 0 or done == total:
+            record(done)
+            progress.advance(key, done - reported)
+            reported = done
+    progress.finish(key)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``, with one device sync at the end."""
@@ -153,13 +180,13 @@ def _train(model: nn.Module, data: Dataset, config: TrainConfig, seed: int, mask
     if masked is not None:
         masked.mask_weights()
 
-    def snapshot() -> dict[str, torch.Tensor]:
-        return sparse.state_dict() if sparse is not None else _snapshot(model)
-
     curve = Curve()
     checkpoints: dict[int, dict[str, torch.Tensor]] = {}
     running_loss = torch.zeros((), device=data.x_train.device)
     running_steps = 0
+
+    def snapshot(iteration: int) -> None:
+        checkpoints[iteration] = sparse.state_dict() if sparse is not None else _snapshot(model)
 
     def record(iteration: int) -> None:
         nonlocal running_loss, running_steps
@@ -172,16 +199,8 @@ def _train(model: nn.Module, data: Dataset, config: TrainConfig, seed: int, mask
         curve.add(iteration, train_loss, val_loss, val_acc, test_acc)
         progress.advance(progress_key, 0, val_acc=val_acc, test_acc=test_acc)
 
-    started = time.perf_counter()
-    progress.start(progress_key, total - start_iteration, "train")
-    model.train()
-    if start_iteration in checkpoint_at:
-        checkpoints[start_iteration] = snapshot()
-    record(start_iteration)
-    reported = start_iteration
-    for iteration in range(start_iteration, total):
-        if set_lr is not None:
-            set_lr(iteration)
+    def step() -> None:
+        nonlocal running_loss, running_steps
         x, y = batches.next()
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
@@ -193,12 +212,9 @@ def _train(model: nn.Module, data: Dataset, config: TrainConfig, seed: int, mask
             masked.mask_weights()
         running_loss += loss.detach()
         running_steps += 1
-        done = iteration + 1
-        if done in checkpoint_at:
-            checkpoints[done] = snapshot()
-        if done % eval_every == 0 or done == total:
-            record(done)
-            progress.advance(progress_key, done - reported)
-            reported = done
-    progress.finish(progress_key)
+
+    started = time.perf_counter()
+    model.train()
+    run_schedule(start_iteration, total, eval_every, checkpoint_at, set_lr=set_lr, step=step, record=record,
+                 snapshot=snapshot, progress=progress, key=progress_key, description="train")
     return curve.result(total, time.perf_counter() - started, checkpoints)

@@ -32,7 +32,7 @@ from subnets.masks import Mask
 from subnets.models import MLP
 from subnets.progress import SILENT, Progress
 from subnets.train.config import TrainConfig, parse_duration
-from subnets.train.loop import Curve, TrainResult, lr_setter
+from subnets.train.loop import Curve, TrainResult, lr_setter, run_schedule
 
 
 class _BatchedLinear(torch.autograd.Function):
@@ -231,16 +231,8 @@ def train_population(
         for member in range(population.size):
             checkpoints[member][iteration] = population.state_dict(member)
 
-    started = time.perf_counter()
-    progress.start(progress_key, total - start_iteration, f"train {population.size} networks")
-    population.template.train()
-    if start_iteration in checkpoint_at:
-        snapshot(start_iteration)
-    record(start_iteration)
-    reported = start_iteration
-    for iteration in range(start_iteration, total):
-        if set_lr is not None:
-            set_lr(iteration)
+    def step() -> None:
+        nonlocal running_loss, running_steps
         index = torch.stack([stream.next_index() for stream in streams])
         losses = _member_losses(population(data.x_train[index]), data.y_train[index])
         optimizer.zero_grad(set_to_none=True)
@@ -250,14 +242,12 @@ def train_population(
         population.mask_weights()
         running_loss += losses.detach()
         running_steps += 1
-        done = iteration + 1
-        if done in checkpoint_at:
-            snapshot(done)
-        if done % eval_every == 0 or done == total:
-            record(done)
-            progress.advance(progress_key, done - reported)
-            reported = done
-    progress.finish(progress_key)
+
+    started = time.perf_counter()
+    population.template.train()
+    run_schedule(start_iteration, total, eval_every, checkpoint_at, set_lr=set_lr, step=step, record=record,
+                 snapshot=snapshot, progress=progress, key=progress_key,
+                 description=f"train {population.size} networks")
     population.write_back(models)
     seconds = (time.perf_counter() - started) / population.size
     return [curve.result(total, seconds, points) for curve, points in zip(curves, checkpoints, strict=True)]

@@ -7,9 +7,10 @@ CSR-dense product, the weight gradient a sampled dense-dense product on the kept
 weights are not stored at all, so they are exactly zero by construction, and the optimizer state has one
 entry per kept weight.
 
-On this project's 2-core CPU, one thread, LeNet-300-100's first layer at batch 60 (microseconds per call,
-dense vs CSR): forward 672 vs 220 and weight gradient 632 vs 187 at 3.6% of the weights kept, parity near
-21% kept (``benchmarks/sparse_levels.py`` measures whole training steps).
+``benchmarks/sparse_levels.py`` times whole LeNet-300-100 training steps with every masked layer sparse
+against the dense masked path: on this project's 2-core CPU the sparse path is slower above about 21% of
+the weights and takes 61-74% of the dense time at 3.6%; the fixed cost of a step (data, optimizer, small
+layers) then dominates.
 
 :func:`sparsify` swaps the pruned layers of a model for :class:`SparseLinear` and returns a handle that
 reads dense state dicts and puts the dense layers back.
