@@ -136,12 +136,17 @@ def test_two_recipes_at_once_against_one_store(tiny_recipe, tmp_path) -> None:
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.toml")),
                          ids=lambda p: p.name)
 def test_every_shipped_recipe_is_valid(recipe: Path) -> None:
+    """Valid as TOML and against its data and model (what `subnets run` checks before touching a store)."""
+    import torch
+
+    from subnets.progress import SILENT
     from subnets.runs.kinds import KINDS
     from subnets.runs.recipe import load_recipe
+    from subnets.train import Execution
 
     config = load_recipe(recipe)
     assert config.name == recipe.stem
-    KINDS[config.kind].config.model_validate(config.model_dump())
+    KINDS[config.kind].prepare(config, torch.device("cpu"), SILENT, Execution())
 
 
 @pytest.mark.parametrize("args, message", [
@@ -175,3 +180,19 @@ def test_show_markdown_puts_branches_side_by_side(tiny_recipe, tmp_path) -> None
     assert code == 0 and lines[0].startswith("| level | weights % | imp test acc % | reinit test acc %")
     assert lines[2].startswith("| 0 | 100 |") and lines[3].startswith("| 1 | 80 |")
     assert sum(line.startswith("- **") for line in lines) == 3
+
+
+def test_run_with_sparse_layers_matches_the_dense_masked_run(tiny_recipe, tmp_path) -> None:
+    recipe = str(tiny_recipe(levels=1))
+    rows = []
+    for flags in ([], ["--sparse-below", "0.9"]):
+        store = tmp_path / f"runs{len(flags)}"
+        code, stdout, _ = _invoke("run", recipe, "--store", str(store), "--quiet", *flags)
+        assert code == 0, stdout
+        code, stdout, _ = _invoke("show", stdout.split()[1], "--store", str(store), "--json")
+        rows.append(json.loads(stdout)["levels"])
+    for dense, sparse in zip(*rows, strict=True):
+        assert dense["layer_density"] == sparse["layer_density"]
+        assert sparse["curve"]["val_loss"] == pytest.approx(dense["curve"]["val_loss"], rel=1e-2)
+    code, _, stderr = _invoke("run", recipe, "--sparse-below", "1.5")
+    assert code == 2 and "--sparse-below" in stderr

@@ -9,6 +9,7 @@ from subnets.runs.recipe import load_recipe
 from subnets.runs.store import Store
 from subnets.steps import MemoryStepStore
 from subnets.tickets.lottery import LotteryExperiment, step_key
+from subnets.train import Execution
 
 
 def _experiment(tiny_recipe, mnist, **fields) -> LotteryExperiment:
@@ -130,7 +131,7 @@ def test_populations_give_the_units_of_one_at_a_time(tiny_recipe, mnist) -> None
     config = load_recipe(tiny_recipe(levels=2, seeds="[0, 1]", length="60it", eval_every="30it"))
     alone = LotteryExperiment(config, mnist, torch.device("cpu")).run(MemoryStepStore())
     store = MemoryStepStore()
-    together = LotteryExperiment(config, mnist, torch.device("cpu"), population_size=4).run(store)
+    together = LotteryExperiment(config, mnist, torch.device("cpu"), execution=Execution(population_size=4)).run(store)
     assert [(r["level"], r["branch"], r["seed"]) for r in together] == \
         [(r["level"], r["branch"], r["seed"]) for r in alone]
     assert {r["population"] for r in together} == {2, 4}  # level 0: 2 seeds; levels 1-2: 6 units in 4 + 2

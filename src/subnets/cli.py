@@ -19,6 +19,7 @@ from subnets.runs.recipe import RecipeError
 from subnets.runs.report import lottery_markdown, summarize_levels
 from subnets.runs.runner import default_store, report, run_recipe, show
 from subnets.runs.store import RunBusy, Store, UnknownRun
+from subnets.train import Execution
 
 USAGE_ERROR = 2
 out = Console(highlight=False, soft_wrap=True)
@@ -70,19 +71,22 @@ def cli() -> None:
                    "its share of the cores: oversubscribed threads slow every run down many times over.")
 @click.option("--population", "population_size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train up to N networks of a level (branches x seeds) together in one batched pass.")
+@click.option("--sparse-below", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Train masked linear layers below this density in sparse (CSR) form; one network at a time only.")
 @click.option("--quiet", is_flag=True, help="No progress bars or log lines.")
 def run_command(recipe: Path, overrides: tuple[str, ...], store_path: Path | None, device: str,
-                threads: int | None, population_size: int, quiet: bool) -> None:
+                threads: int | None, population_size: int, sparse_below: float, quiet: bool) -> None:
     """Run (or resume) RECIPE, then write its report."""
     if threads is not None:
         torch.set_num_threads(threads)
     store = _store(store_path)
+    execution = Execution(population_size=population_size, sparse_below=sparse_below)
     try:
         if quiet:
-            identifier = run_recipe(recipe, list(overrides), store, device, population_size=population_size)
+            identifier = run_recipe(recipe, list(overrides), store, device, execution=execution)
         else:
             with BarProgress() as progress:
-                identifier = run_recipe(recipe, list(overrides), store, device, progress, population_size)
+                identifier = run_recipe(recipe, list(overrides), store, device, progress, execution)
         index = report(store, identifier)
     except RecipeError as error:
         _fail(str(error))

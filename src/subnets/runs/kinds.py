@@ -14,6 +14,7 @@ from subnets.progress import Progress
 from subnets.steps import StepStore
 from subnets.tickets import LotteryConfig
 from subnets.tickets.lottery import LotteryExperiment
+from subnets.train import Execution
 
 
 @dataclass
@@ -28,20 +29,20 @@ class Prepared:
 class Kind:
     """An experiment kind: its recipe model and how to prepare it (loading data, building models).
 
-    ``prepare(recipe, device, progress, population_size)``: ``population_size`` caps how many networks
-    train together in one batched pass, an execution setting like the device (not part of the recipe).
+    ``prepare(recipe, device, progress, execution)``: ``execution`` (populations, sparse compute) is a
+    setting of the run like the device, not part of the recipe.
     """
 
     name: str
     config: type[BaseModel]
-    prepare: Callable[[Any, torch.device, Progress, int], Prepared]
+    prepare: Callable[[Any, torch.device, Progress, Execution], Prepared]
 
 
 def _prepare_lottery(config: LotteryConfig, device: torch.device, progress: Progress,
-                     population_size: int) -> Prepared:
+                     execution: Execution) -> Prepared:
     config.data.check()
     data = load_dataset(config.data.name, **config.data.options).to(device)
-    experiment = LotteryExperiment(config, data, device, progress, population_size)
+    experiment = LotteryExperiment(config, data, device, progress, execution)
     return Prepared(data.source, experiment.run)
 
 

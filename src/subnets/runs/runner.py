@@ -14,6 +14,7 @@ from subnets.runs.kinds import KINDS
 from subnets.runs.recipe import RecipeError, load_recipe, run_id
 from subnets.runs.report import write_report
 from subnets.runs.store import Store
+from subnets.train import ONE_AT_A_TIME, Execution
 
 
 def default_store() -> Path:
@@ -33,7 +34,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run_recipe(path: Path | str, overrides: list[str], store: Store, device: str = "auto",
-               progress: Progress = SILENT, population_size: int = 1) -> str:
+               progress: Progress = SILENT, execution: Execution = ONE_AT_A_TIME) -> str:
     """Run or resume the recipe at ``path``; returns the run id.
 
     Everything that can be checked is checked before the store is touched: the recipe, the data, the
@@ -44,7 +45,7 @@ def run_recipe(path: Path | str, overrides: list[str], store: Store, device: str
     kind = KINDS[recipe.kind]
     torch_device = resolve_device(device)
     try:
-        prepared = kind.prepare(recipe, torch_device, progress, population_size)
+        prepared = kind.prepare(recipe, torch_device, progress, execution)
     except DatasetUnavailable:
         raise
     except ValueError as error:

@@ -14,7 +14,15 @@ from subnets.models import build_model, prunable_layers
 from subnets.progress import SILENT, Progress
 from subnets.specs import DataSpec, ModelSpec
 from subnets.steps import MemoryStepStore, StepStore, Tensors, derive_seed
-from subnets.train import TrainConfig, parse_duration, population_support, train, train_population
+from subnets.train import (
+    ONE_AT_A_TIME,
+    Execution,
+    TrainConfig,
+    parse_duration,
+    population_support,
+    train,
+    train_population,
+)
 from subnets.train.config import check_duration
 
 BRANCHES = ("imp", "reinit", "random_prune")
@@ -105,15 +113,15 @@ class LotteryExperiment:
     """The steps of one lottery recipe. ``run(steps)`` runs or resumes them all against a step store."""
 
     def __init__(self, config: LotteryConfig, data: Dataset, device: torch.device,
-                 progress: Progress = SILENT, population_size: int = 1) -> None:
+                 progress: Progress = SILENT, execution: Execution = ONE_AT_A_TIME) -> None:
         """Check the recipe against the data and model (raising ValueError naming what is wrong).
 
-        ``population_size`` caps how many units train together in one batched pass (1: one at a time).
+        ``execution`` says how many units may train together in one batched pass and which layers train
+        in sparse form (populations do not use the sparse form).
         """
-        if population_size < 1:
-            raise ValueError(f"population size must be at least 1, got {population_size}")
         self.config, self.data, self.device, self.progress = config, data, device, progress
-        self.population_size = population_size
+        self.execution = execution
+        self.population_size = execution.population_size
         self.steps: StepStore = MemoryStepStore()
         steps_per_epoch = len(data.y_train) // config.train.batch_size
         self.rewind_iter = parse_duration(config.prune.rewind, steps_per_epoch)
@@ -220,7 +228,8 @@ class LotteryExperiment:
                                         progress_key=f"{step_key(*units[0])} + {len(units) - 1} more")
         else:
             outcomes = [train(model, self.data, self.config.train, seed=data_seed, mask=mask, start_iteration=start,
-                              checkpoint_at=checkpoint_at, progress=self.progress, progress_key=step_key(*unit))
+                              checkpoint_at=checkpoint_at, progress=self.progress, progress_key=step_key(*unit),
+                              sparse_below=self.execution.sparse_below)
                         for unit, model, mask, data_seed in zip(units, models, masks, data_seeds, strict=True)]
         for (lvl, branch, seed), model, mask, outcome in zip(units, models, masks, outcomes, strict=True):
             key = step_key(lvl, branch, seed)
@@ -268,6 +277,6 @@ class LotteryExperiment:
 
 
 def run_lottery(config: LotteryConfig, data: Dataset, steps: StepStore, device: torch.device,
-                progress: Progress = SILENT, population_size: int = 1) -> list[dict[str, Any]]:
+                progress: Progress = SILENT, execution: Execution = ONE_AT_A_TIME) -> list[dict[str, Any]]:
     """Run (or resume) every step of a lottery recipe and return the per-step results."""
-    return LotteryExperiment(config, data, device, progress, population_size).run(steps)
+    return LotteryExperiment(config, data, device, progress, execution).run(steps)

@@ -8,11 +8,13 @@ accuracy there, and copies of the weights at requested iterations (for rewinding
 pass, each member as it would train alone.
 """
 
-from subnets.train.config import TrainConfig, parse_duration
+from subnets.train.config import ONE_AT_A_TIME, Execution, TrainConfig, parse_duration
 from subnets.train.loop import TrainResult, evaluate, train
 from subnets.train.population import Population, evaluate_population, population_support, train_population
 
 __all__ = [
+    "ONE_AT_A_TIME",
+    "Execution",
     "Population",
     "TrainConfig",
     "TrainResult",

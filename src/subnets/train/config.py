@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -24,6 +25,27 @@ def parse_duration(text: str, steps_per_epoch: int) -> int:
     """Number of iterations in a duration such as ``"50000it"`` or ``"10ep"``."""
     amount, unit = _DURATION.match(check_duration(text)).groups()
     return int(amount) * (steps_per_epoch if unit == "ep" else 1)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How to run trainings, apart from what to train: results agree up to float rounding either way.
+
+    ``population_size``: up to this many networks that share a schedule train in one batched pass.
+    ``sparse_below``: masked linear layers with a density below this train in sparse (CSR) form.
+    """
+
+    population_size: int = 1
+    sparse_below: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.population_size < 1:
+            raise ValueError(f"population size must be at least 1, got {self.population_size}")
+        if not 0.0 <= self.sparse_below <= 1.0:
+            raise ValueError(f"sparse_below must be a density in [0, 1], got {self.sparse_below}")
+
+
+ONE_AT_A_TIME = Execution()
 
 
 class TrainConfig(BaseModel):
