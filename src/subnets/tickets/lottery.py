@@ -121,7 +121,6 @@ class LotteryExperiment:
         """
         self.config, self.data, self.device, self.progress = config, data, device, progress
         self.execution = execution
-        self.population_size = execution.population_size
         self.steps: StepStore = MemoryStepStore()
         steps_per_epoch = len(data.y_train) // config.train.batch_size
         self.rewind_iter = parse_duration(config.prune.rewind, steps_per_epoch)
@@ -254,12 +253,13 @@ class LotteryExperiment:
         """Run (or resume) every step against ``steps`` and return the per-step results.
 
         Level by level, the missing units of a level (its branches and seeds) train together in populations
-        of at most ``population_size``; each unit is stored as soon as its population finishes.
+        of at most ``execution.population_size``; each unit is stored as soon as its population finishes.
         """
         self.steps, self._cache = steps, {}
         units = self.units()
         self.progress.start("lottery", len(units), "units (level x branch x seed)")
-        if self.population_size > 1 and self.population_reason is not None:
+        size = self.execution.population_size
+        if size > 1 and self.population_reason is not None:
             steps.log(f"{self.config.model.name} trains one network at a time: {self.population_reason}")
         for level in range(self.config.prune.levels + 1):
             todo = []
@@ -268,8 +268,8 @@ class LotteryExperiment:
                     todo.append(unit)
                 else:
                     self.progress.advance("lottery", 1, level=level)
-            for first in range(0, len(todo), self.population_size):
-                group = todo[first:first + self.population_size]
+            for first in range(0, len(todo), size):
+                group = todo[first:first + size]
                 self._compute(group)
                 self.progress.advance("lottery", len(group), level=level)
         self.progress.finish("lottery")

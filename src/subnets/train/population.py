@@ -7,10 +7,9 @@ layers, grouped convolutions for conv layers), so one forward, one backward and 
 serve all K members. Optimizer updates are elementwise, so a member's update is the one it would get alone;
 forward and backward sums are computed in another order than the single-model kernels, so members agree
 with lone training up to float rounding: within 2e-4 in every weight after 150 Adam or SGD steps
-(``tests/test_population.py``). Over longer runs training amplifies rounding: the same lone LeNet-300-100
-trained 500 Adam steps with 1 and with 2 CPU threads already differs by 3e-2 in some weights, and a
-population member drifts from its lone twin by the same amount. Long-run agreement is statistical (the
-accuracies), as between any two machines or thread counts.
+(``tests/test_population.py``). Over longer runs training amplifies rounding, as it does between 1 and 2
+CPU threads for one lone network, so long-run agreement is statistical (the accuracies): see the
+population run in ``docs/results/lth-mnist.md``.
 
 Models with buffers (BatchNorm running statistics) are not supported: :func:`population_support` says why,
 and callers train such models one at a time.
