@@ -153,6 +153,8 @@ def test_every_shipped_recipe_is_valid(recipe: Path) -> None:
     (["run"], "Missing argument 'RECIPE'"),
     (["run", "r.toml", "--threads", "0"], "--threads"),
     (["run", "r.toml", "--device", "tpu"], "tpu"),
+    (["run", "r.toml", "--workers", "2", "--population", "2"], "--workers and --population"),
+    (["run", "r.toml", "--workers", "0"], "--workers"),
     (["show"], "Missing argument 'RUN'"),
     (["frobnicate"], "No such command 'frobnicate'"),
     (["list", "--bogus"], "--bogus"),

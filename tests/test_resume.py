@@ -32,17 +32,53 @@ def _finished_steps(store: Path) -> int:
             return 0
 
 
-def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tiny_recipe, tmp_path) -> None:
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process is gone
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _gone(pids: list[int], within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{p}").exists() and "(Z)" not in _state(p) for p in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _state(pid: int) -> str:
+    try:
+        return "(" + Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] + ")"
+    except OSError:
+        return "(gone)"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tiny_recipe, tmp_path, workers: int) -> None:
+    """Killed with its workers busy, a run resumes to the numbers of a clean one-process run; orphaned
+    workers notice their parent is gone and exit."""
     recipe = str(tiny_recipe(levels=2, length="400it", eval_every="100it"))
     killed_store, clean_store = tmp_path / "killed", tmp_path / "clean"
+    flags = ("--workers", str(workers))
 
-    process = _subnets("run", recipe, "--store", str(killed_store), "--quiet")
+    process = _subnets("run", recipe, "--store", str(killed_store), "--quiet", *flags)
     deadline = time.monotonic() + 240
     while _finished_steps(killed_store) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process.poll() is None, "the run finished before it could be killed"
+    children = _children(process.pid)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    assert len(children) >= (workers if workers > 1 else 0)
+    assert _gone(children, within=10), [(p, _state(p)) for p in children]
 
     store = Store(killed_store)
     [run] = store.runs()
@@ -50,7 +86,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tiny_recipe, t
     with sqlite3.connect(killed_store / "store.sqlite") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
-    resumed = _subnets("run", recipe, "--store", str(killed_store), "--quiet")
+    resumed = _subnets("run", recipe, "--store", str(killed_store), "--quiet", *flags)
     clean = _subnets("run", recipe, "--store", str(clean_store), "--quiet")
     for p in (resumed, clean):
         assert p.wait(timeout=300) == 0, p.stderr.read()
@@ -58,7 +94,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tiny_recipe, t
     log = store.log_lines(run["id"])
     assert any("resuming lottery run" in line for line in log)
     trained = sum("test acc" in line for line in log)
-    assert 7 <= trained <= 8  # every step once; at most the step in progress when killed twice
+    assert 7 <= trained <= 7 + workers  # every step once; at most the steps in progress when killed twice
 
     def rows(path: Path) -> list[dict]:
         out = subprocess.run([sys.executable, "-m", "subnets", "show", run["id"], "--store", str(path), "--json"],

@@ -19,7 +19,7 @@ from subnets.runs.recipe import RecipeError
 from subnets.runs.report import lottery_markdown, summarize_levels
 from subnets.runs.runner import default_store, report, run_recipe, show
 from subnets.runs.store import RunBusy, Store, UnknownRun
-from subnets.train import Execution
+from subnets.train import Execution, WorkerFailed
 
 USAGE_ERROR = 2
 out = Console(highlight=False, soft_wrap=True)
@@ -72,15 +72,20 @@ def cli() -> None:
 @click.option("--population", "population_size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train up to N networks of a level (branches x seeds) together in one batched pass.")
 @click.option("--sparse-below", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Train masked linear layers below this density in sparse (CSR) form; one network at a time only.")
+              help="Train masked linear layers below this density in sparse (CSR) form; not in populations.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train this many networks at once in worker processes, splitting the threads among them.")
 @click.option("--quiet", is_flag=True, help="No progress bars or log lines.")
 def run_command(recipe: Path, overrides: tuple[str, ...], store_path: Path | None, device: str,
-                threads: int | None, population_size: int, sparse_below: float, quiet: bool) -> None:
+                threads: int | None, population_size: int, sparse_below: float, workers: int,
+                quiet: bool) -> None:
     """Run (or resume) RECIPE, then write its report."""
     if threads is not None:
         torch.set_num_threads(threads)
     store = _store(store_path)
-    execution = Execution(population_size=population_size, sparse_below=sparse_below)
+    if workers > 1 and population_size > 1:
+        _fail("--workers and --population: choose one (each worker trains one network at a time)")
+    execution = Execution(population_size=population_size, sparse_below=sparse_below, workers=workers)
     try:
         if quiet:
             identifier = run_recipe(recipe, list(overrides), store, device, execution=execution)
@@ -90,7 +95,7 @@ def run_command(recipe: Path, overrides: tuple[str, ...], store_path: Path | Non
         index = report(store, identifier)
     except RecipeError as error:
         _fail(str(error))
-    except (DatasetUnavailable, RunBusy) as error:
+    except (DatasetUnavailable, RunBusy, WorkerFailed) as error:
         _fail(str(error), code=1)
     except KeyboardInterrupt:
         _fail("interrupted; run the same command again to resume", code=130)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -18,6 +19,8 @@ from subnets.train import (
     ONE_AT_A_TIME,
     Execution,
     TrainConfig,
+    TrainingPool,
+    TrainResult,
     parse_duration,
     population_support,
     train,
@@ -230,50 +233,97 @@ class LotteryExperiment:
                               checkpoint_at=checkpoint_at, progress=self.progress, progress_key=step_key(*unit),
                               sparse_below=self.execution.sparse_below)
                         for unit, model, mask, data_seed in zip(units, models, masks, data_seeds, strict=True)]
-        for (lvl, branch, seed), model, mask, outcome in zip(units, models, masks, outcomes, strict=True):
-            key = step_key(lvl, branch, seed)
-            result = {
-                "level": lvl, "branch": branch, "seed": seed, "weights_remaining": mask.density(),
-                "layer_density": mask.per_layer(), "start_iteration": start, "population": len(units) if batched
-                else 1, **outcome.summary(),
-            }
-            tensors: dict[str, Tensors] = {}
-            if branch == "imp":
-                tensors = {"mask": mask.state_dict(), "final": {k: v.cpu() for k, v in model.state_dict().items()}}
-                if lvl == 0:
-                    tensors["rewind"] = {k: v.cpu() for k, v in outcome.checkpoints[self.rewind_iter].items()}
-            self.steps.put_step(key, result, tensors)
-            self._cache[key] = (result, tensors)
-            line = (f"{key}: weights {100 * mask.density():.2f}%, test acc {100 * outcome.test_acc:.2f}% "
-                    f"at early stop {outcome.early_stop_iter}, {outcome.seconds:.1f}s")
-            self.steps.log(line)
-            self.progress.log(line)
+        for unit, model, mask, outcome in zip(units, models, masks, outcomes, strict=True):
+            self._store(unit, model, mask, start, outcome, len(units) if batched else 1)
+
+    def _store(self, unit: tuple[int, str, int], model: nn.Module, mask: Mask, start: int, outcome: TrainResult,
+               population: int) -> None:
+        """Store one trained unit (imp units keep their mask and final weights, level 0 its rewind point)."""
+        level, branch, seed = unit
+        key = step_key(*unit)
+        result = {
+            "level": level, "branch": branch, "seed": seed, "weights_remaining": mask.density(),
+            "layer_density": mask.per_layer(), "start_iteration": start, "population": population,
+            **outcome.summary(),
+        }
+        tensors: dict[str, Tensors] = {}
+        if branch == "imp":
+            tensors = {"mask": mask.state_dict(), "final": {k: v.cpu() for k, v in model.state_dict().items()}}
+            if level == 0:
+                tensors["rewind"] = {k: v.cpu() for k, v in outcome.checkpoints[self.rewind_iter].items()}
+        self.steps.put_step(key, result, tensors)
+        self._cache[key] = (result, tensors)
+        line = (f"{key}: weights {100 * mask.density():.2f}%, test acc {100 * outcome.test_acc:.2f}% "
+                f"at early stop {outcome.early_stop_iter}, {outcome.seconds:.1f}s")
+        self.steps.log(line)
+        self.progress.log(line)
 
     def run(self, steps: StepStore) -> list[dict[str, Any]]:
         """Run (or resume) every step against ``steps`` and return the per-step results.
 
-        Level by level, the missing units of a level (its branches and seeds) train together in populations
-        of at most ``execution.population_size``; each unit is stored as soon as its population finishes.
+        With one worker, level by level, the missing units of a level (its branches and seeds) train
+        together in populations of at most ``execution.population_size``. With several workers, each
+        unit trains alone in a worker process as soon as the imp unit it depends on is stored. Either
+        way each unit is stored as soon as it finishes.
         """
         self.steps, self._cache = steps, {}
         units = self.units()
         self.progress.start("lottery", len(units), "units (level x branch x seed)")
-        size = self.execution.population_size
-        if size > 1 and self.population_reason is not None:
-            steps.log(f"{self.config.model.name} trains one network at a time: {self.population_reason}")
-        for level in range(self.config.prune.levels + 1):
-            todo = []
-            for unit in (u for u in units if u[0] == level):
-                if self._lookup(*unit) is None:
-                    todo.append(unit)
-                else:
-                    self.progress.advance("lottery", 1, level=level)
-            for first in range(0, len(todo), size):
-                group = todo[first:first + size]
-                self._compute(group)
-                self.progress.advance("lottery", len(group), level=level)
+        todo = []
+        for unit in units:
+            if self._lookup(*unit) is None:
+                todo.append(unit)
+            else:
+                self.progress.advance("lottery", 1, level=unit[0])
+        if self.execution.workers > 1:
+            self._run_in_workers(todo)
+        else:
+            self._run_by_level(todo)
         self.progress.finish("lottery")
         return [self._cache[step_key(*unit)][0] for unit in units]
+
+    def _run_by_level(self, todo: list[tuple[int, str, int]]) -> None:
+        size = self.execution.population_size
+        if size > 1 and self.population_reason is not None:
+            self.steps.log(f"{self.config.model.name} trains one network at a time: {self.population_reason}")
+        for level in range(self.config.prune.levels + 1):
+            at_level = [unit for unit in todo if unit[0] == level]
+            for first in range(0, len(at_level), size):
+                group = at_level[first:first + size]
+                self._compute(group)
+                self.progress.advance("lottery", len(group), level=level)
+
+    def _run_in_workers(self, todo: list[tuple[int, str, int]]) -> None:
+        """Keep every worker busy: a unit starts once its level's imp mask can be computed; imp units and
+        lower levels go first, since they unblock the most work."""
+        workers = self.execution.workers
+        spec = self.config.model
+        build = partial(build_model, spec.name, self.data.input_shape, self.data.num_classes, **spec.options)
+        running: dict[str, tuple[tuple[int, str, int], nn.Module, Mask, int]] = {}
+        todo = sorted(todo, key=lambda unit: (unit[1] != "imp", unit[0]))
+        with TrainingPool(workers, self.data, self.config.train, build, self.device) as pool:
+            self.steps.log(f"training in {workers} worker processes with {pool.threads} thread(s) each")
+            while todo or running:
+                ready = [unit for unit in todo if self._ready(unit)]
+                for unit in ready[:workers - len(running)]:
+                    todo.remove(unit)
+                    model, mask, start = self.initial(*unit)
+                    key = step_key(*unit)
+                    pool.submit(key, model, seed=derive_seed(unit[2], "data"), mask=mask, start_iteration=start,
+                                checkpoint_at=(self.rewind_iter,) if unit[0] == 0 else (),
+                                sparse_below=self.execution.sparse_below)
+                    running[key] = (unit, model, mask, start)
+                self.progress.advance("lottery", 0, running=", ".join(running))
+                done = pool.next_done()
+                unit, model, mask, start = running.pop(done.key)
+                model.load_state_dict(_to_device(done.state, self.device))
+                self._store(unit, model, mask, start, done.result, 1)
+                self.progress.advance("lottery", 1, level=unit[0])
+
+    def _ready(self, unit: tuple[int, str, int]) -> bool:
+        """Whether the imp unit that ``unit``'s mask comes from is stored (level 0 is always ready)."""
+        level, _, seed = unit
+        return level == 0 or self._lookup(level - 1, "imp", seed) is not None
 
 
 def run_lottery(config: LotteryConfig, data: Dataset, steps: StepStore, device: torch.device,

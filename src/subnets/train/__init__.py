@@ -5,12 +5,13 @@
 the early-stop iteration (minimum validation loss, as the Lottery Ticket paper defines it) with the test
 accuracy there, and copies of the weights at requested iterations (for rewinding).
 ``train_population(models, data, config, seeds=...)`` trains K networks of one architecture in one batched
-pass, each member as it would train alone.
+pass, each member as it would train alone. ``TrainingPool`` trains networks concurrently in worker processes.
 """
 
 from subnets.train.config import ONE_AT_A_TIME, Execution, TrainConfig, parse_duration
 from subnets.train.loop import TrainResult, evaluate, train
 from subnets.train.population import Population, evaluate_population, population_support, train_population
+from subnets.train.workers import TrainingPool, WorkerFailed
 
 __all__ = [
     "ONE_AT_A_TIME",
@@ -18,6 +19,8 @@ __all__ = [
     "Population",
     "TrainConfig",
     "TrainResult",
+    "TrainingPool",
+    "WorkerFailed",
     "evaluate",
     "evaluate_population",
     "parse_duration",

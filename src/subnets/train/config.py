@@ -33,16 +33,23 @@ class Execution:
 
     ``population_size``: up to this many networks that share a schedule train in one batched pass.
     ``sparse_below``: masked linear layers with a density below this train in sparse (CSR) form.
+    ``workers``: this many processes train networks concurrently, each with its share of the threads
+    (:mod:`subnets.train.workers`); it excludes populations.
     """
 
     population_size: int = 1
     sparse_below: float = 0.0
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.population_size < 1:
             raise ValueError(f"population size must be at least 1, got {self.population_size}")
         if not 0.0 <= self.sparse_below <= 1.0:
             raise ValueError(f"sparse_below must be a density in [0, 1], got {self.sparse_below}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.workers > 1 and self.population_size > 1:
+            raise ValueError("workers and population size: choose one (each worker trains one network at a time)")
 
 
 ONE_AT_A_TIME = Execution()

@@ -1,0 +1,170 @@
+"""Training several networks at once in worker processes, each with its share of the CPU threads.
+
+On a small CPU, one small network cannot keep every core busy: its matmuls are too small to split well
+across threads, and the rest of a step is single-threaded Python. Two processes with one thread each train
+two networks in about the time one takes, without changing either network's arithmetic (each trains with
+:func:`subnets.train.train` exactly as it would in the parent with that many threads).
+
+:class:`TrainingPool` starts ``workers`` spawned processes that each hold the dataset and train the jobs
+they are given; :meth:`TrainingPool.submit` queues one training and :meth:`TrainingPool.next_done` returns
+the next finished one. Tensors travel as numpy arrays (pickled bytes), so nothing keeps shared-memory file
+descriptors open. A worker that dies or raises turns into an exception in the parent, and a worker whose
+parent is gone (killed) exits on its own: within a second when idle, at its training's next evaluation
+when busy.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from subnets.data import Dataset
+from subnets.masks import Mask
+from subnets.progress import Progress
+from subnets.train.config import TrainConfig
+from subnets.train.loop import TrainResult, train
+
+POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Done:
+    """A finished job: its key, the trained weights (CPU) and the training's result."""
+
+    key: str
+    state: dict[str, torch.Tensor]
+    result: TrainResult
+
+
+class WorkerFailed(RuntimeError):
+    """A worker raised (the message carries its traceback) or exited unexpectedly."""
+
+
+def _to_numpy(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in tensors.items()}
+
+
+def _to_torch(arrays: dict[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+
+
+class _ParentWatch(Progress):
+    """Ends the worker at once when its parent is gone, checked at every progress report of a training.
+
+    ``os._exit``: a normal exit would wait for the result queue's feeder thread, which may block forever on
+    a pipe that nobody reads any more.
+    """
+
+    def __init__(self, parent: int) -> None:
+        self.parent = parent
+
+    def advance(self, key: str, steps: int = 1, **metrics: float) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Exit if the parent process has died (this process was handed to another parent)."""
+        if os.getppid() != self.parent:
+            os._exit(1)
+
+
+def _serve(data: Dataset, config: TrainConfig, build: Callable[[], nn.Module], device: str, threads: int,
+           parent: int, jobs: Any, done: Any) -> None:
+    """A worker's life: take jobs until its parent stops it or is gone; send back each outcome."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
+    torch.set_num_threads(threads)
+    data = data.to(device)
+    watch = _ParentWatch(parent)
+    while True:
+        watch.check()
+        try:
+            key, state, mask, options = jobs.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            continue
+        try:
+            model = build().to(device)
+            model.load_state_dict(_to_torch(state, device))
+            result = train(model, data, config, mask=Mask(_to_torch(mask, device)) if mask is not None else None,
+                           progress=watch, **options)
+            checkpoints = {i: _to_numpy(c) for i, c in result.checkpoints.items()}
+            done.put((key, _to_numpy(model.state_dict()), replace(result, checkpoints={}), checkpoints, None))
+        except Exception:  # noqa: BLE001 - any failure goes back to the parent, which raises it
+            done.put((key, None, None, None, traceback.format_exc()))
+
+
+class TrainingPool:
+    """``workers`` processes training networks built by ``build`` on ``data`` with ``config``.
+
+    ``threads`` is each worker's torch thread count (default: this process's count split evenly, at
+    least 1). Use as a context manager; leaving it stops the workers, finished or not.
+    """
+
+    def __init__(self, workers: int, data: Dataset, config: TrainConfig, build: Callable[[], nn.Module],
+                 device: torch.device | str = "cpu", threads: int | None = None) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.threads = threads or max(1, torch.get_num_threads() // workers)
+        context = mp.get_context("spawn")
+        self._jobs, self._done = context.Queue(), context.Queue()
+        cpu_data = data.to("cpu")
+        self._processes = [
+            context.Process(target=_serve, daemon=True, name=f"subnets-worker-{i}",
+                            args=(cpu_data, config, build, str(device), self.threads, os.getpid(), self._jobs,
+                                  self._done))
+            for i in range(workers)
+        ]
+        for process in self._processes:
+            process.start()
+        self.pending = 0
+
+    def __enter__(self) -> TrainingPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, key: str, model: nn.Module, *, seed: int, mask: Mask | None = None, start_iteration: int = 0,
+               checkpoint_at: tuple[int, ...] = (), sparse_below: float = 0.0) -> None:
+        """Queue the training of (a copy of) ``model``, as :func:`subnets.train.train` takes it."""
+        options = {"seed": seed, "start_iteration": start_iteration, "checkpoint_at": checkpoint_at,
+                   "sparse_below": sparse_below}
+        self._jobs.put((key, _to_numpy(model.state_dict()),
+                        _to_numpy(mask.state_dict()) if mask is not None else None, options))
+        self.pending += 1
+
+    def next_done(self) -> Done:
+        """Wait for the next finished job; raise :class:`WorkerFailed` if a worker failed or died."""
+        if self.pending == 0:
+            raise RuntimeError("no job is pending")
+        while True:
+            try:
+                key, state, result, checkpoints, error = self._done.get(timeout=POLL_SECONDS)
+                break
+            except queue.Empty:
+                dead = [p for p in self._processes if not p.is_alive()]
+                if dead:
+                    raise WorkerFailed(f"{dead[0].name} exited with code {dead[0].exitcode}") from None
+        self.pending -= 1
+        if error is not None:
+            raise WorkerFailed(f"training {key} failed in a worker:\n{error}")
+        result.checkpoints = {i: _to_torch(c) for i, c in checkpoints.items()}
+        return Done(key, _to_torch(state), result)
+
+    def close(self) -> None:
+        """Stop every worker now (a job in progress is abandoned)."""
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()
+        for process in self._processes:
+            process.join()
+        self._jobs.close()
+        self._done.close()
