@@ -38,5 +38,15 @@ class Batches:
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next mini-batch."""
-        index = self.next_index()
-        return self.x[index], self.y[index]
+        return gather(self.x, self.y, self.next_index())
+
+
+def gather(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x[index], y[index])`` for an index of any shape (it prefixes the example shape).
+
+    ``index_select`` on the flattened index: on CPU about twice as fast as advanced indexing, which goes
+    through the generic indexing kernel (70 against 140 us for 128 MNIST rows, one thread).
+    """
+    flat = index.reshape(-1)
+    return (x.index_select(0, flat).view(*index.shape, *x.shape[1:]),
+            y.index_select(0, flat).view(*index.shape, *y.shape[1:]))

@@ -85,6 +85,30 @@ def lr_setter(config: TrainConfig, optimizer: torch.optim.Optimizer,
     return set_lr
 
 
+@dataclass
+class Plan:
+    """What both training loops set up before their first step: schedule length, cadence, optimizer."""
+
+    total: int
+    eval_every: int
+    optimizer: torch.optim.Optimizer
+    set_lr: Callable[[int], None] | None
+
+
+def plan(config: TrainConfig, streams: list[Batches], start_iteration: int,
+         parameters: list[torch.Tensor]) -> Plan:
+    """Check ``start_iteration``, advance the batch ``streams`` to it and build the optimizer and schedule."""
+    steps_per_epoch = streams[0].steps_per_epoch
+    total = config.iterations(steps_per_epoch)
+    if not 0 <= start_iteration <= total:
+        raise ValueError(f"start_iteration must be in [0, {total}], got {start_iteration}")
+    for stream in streams:
+        stream.skip(start_iteration)
+    optimizer = config.build_optimizer(parameters)
+    return Plan(total, parse_duration(config.eval_every, steps_per_epoch), optimizer,
+                lr_setter(config, optimizer, steps_per_epoch))
+
+
 def run_schedule(start: int, total: int, eval_every: int, checkpoint_at: tuple[int, ...], *,
                  set_lr: Callable[[int], None] | None, step: Callable[[], None], record: Callable[[int], None],
                  snapshot: Callable[[int], None], progress: Progress, key: str, description: str) -> None:
@@ -167,13 +191,8 @@ def _train(model: nn.Module, data: Dataset, config: TrainConfig, seed: int, mask
            start_iteration: int, checkpoint_at: tuple[int, ...], progress: Progress, progress_key: str,
            sparse: Sparsified | None) -> TrainResult:
     batches = Batches(data.x_train, data.y_train, config.batch_size, seed)
-    total = config.iterations(batches.steps_per_epoch)
-    if not 0 <= start_iteration <= total:
-        raise ValueError(f"start_iteration must be in [0, {total}], got {start_iteration}")
-    eval_every = parse_duration(config.eval_every, batches.steps_per_epoch)
-    batches.skip(start_iteration)
-    optimizer = config.build_optimizer([p for p in model.parameters() if p.requires_grad])
-    set_lr = lr_setter(config, optimizer, batches.steps_per_epoch)
+    setup = plan(config, [batches], start_iteration, [p for p in model.parameters() if p.requires_grad])
+    optimizer = setup.optimizer
     if mask is not None and sparse is not None:
         mask = Mask({name: keep for name, keep in mask.items() if name not in sparse.names})
     masked = MaskedParameters(model, mask) if mask else None
@@ -215,6 +234,6 @@ def _train(model: nn.Module, data: Dataset, config: TrainConfig, seed: int, mask
 
     started = time.perf_counter()
     model.train()
-    run_schedule(start_iteration, total, eval_every, checkpoint_at, set_lr=set_lr, step=step, record=record,
-                 snapshot=snapshot, progress=progress, key=progress_key, description="train")
-    return curve.result(total, time.perf_counter() - started, checkpoints)
+    run_schedule(start_iteration, setup.total, setup.eval_every, checkpoint_at, set_lr=setup.set_lr, step=step,
+                 record=record, snapshot=snapshot, progress=progress, key=progress_key, description="train")
+    return curve.result(setup.total, time.perf_counter() - started, checkpoints)

@@ -27,11 +27,12 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from subnets.data import Batches, Dataset
+from subnets.data.batches import gather
 from subnets.masks import Mask
 from subnets.models import MLP
 from subnets.progress import SILENT, Progress
-from subnets.train.config import TrainConfig, parse_duration
-from subnets.train.loop import Curve, TrainResult, lr_setter, run_schedule
+from subnets.train.config import TrainConfig
+from subnets.train.loop import Curve, TrainResult, plan, run_schedule
 
 
 class _BatchedLinear(torch.autograd.Function):
@@ -197,15 +198,8 @@ def train_population(
         raise ValueError(f"got {len(models)} models but {len(seeds)} seeds")
     population = Population(models, masks)
     streams = [Batches(data.x_train, data.y_train, config.batch_size, seed) for seed in seeds]
-    steps_per_epoch = streams[0].steps_per_epoch
-    total = config.iterations(steps_per_epoch)
-    if not 0 <= start_iteration <= total:
-        raise ValueError(f"start_iteration must be in [0, {total}], got {start_iteration}")
-    eval_every = parse_duration(config.eval_every, steps_per_epoch)
-    for stream in streams:
-        stream.skip(start_iteration)
-    optimizer = config.build_optimizer(population.parameters())
-    set_lr = lr_setter(config, optimizer, steps_per_epoch)
+    setup = plan(config, streams, start_iteration, population.parameters())
+    optimizer = setup.optimizer
     population.mask_weights()
 
     curves = [Curve() for _ in models]
@@ -233,7 +227,8 @@ def train_population(
     def step() -> None:
         nonlocal running_loss, running_steps
         index = torch.stack([stream.next_index() for stream in streams])
-        losses = _member_losses(population(data.x_train[index]), data.y_train[index])
+        x, y = gather(data.x_train, data.y_train, index)
+        losses = _member_losses(population(x), y)
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         population.mask_gradients()
@@ -244,12 +239,12 @@ def train_population(
 
     started = time.perf_counter()
     population.template.train()
-    run_schedule(start_iteration, total, eval_every, checkpoint_at, set_lr=set_lr, step=step, record=record,
-                 snapshot=snapshot, progress=progress, key=progress_key,
+    run_schedule(start_iteration, setup.total, setup.eval_every, checkpoint_at, set_lr=setup.set_lr, step=step,
+                 record=record, snapshot=snapshot, progress=progress, key=progress_key,
                  description=f"train {population.size} networks")
     population.write_back(models)
     seconds = (time.perf_counter() - started) / population.size
-    return [curve.result(total, seconds, points) for curve, points in zip(curves, checkpoints, strict=True)]
+    return [curve.result(setup.total, seconds, points) for curve, points in zip(curves, checkpoints, strict=True)]
 
 
 def _member_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
