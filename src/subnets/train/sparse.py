@@ -42,6 +42,9 @@ class CsrPattern:
         self.transpose_order = torch.argsort(self.cols * out_features + self.rows)
         self.t_crow = _offsets(self.cols, in_features)
         self.t_col = self.rows[self.transpose_order]
+        self._zeros: torch.Tensor | None = None
+        self.crow32, self.cols32 = self.crow.int(), self.cols.int()
+        self.t_crow32, self.t_col32 = self.t_crow.int(), self.t_col.int()
 
     @property
     def nnz(self) -> int:
@@ -50,11 +53,17 @@ class CsrPattern:
 
     def matrix(self, values: torch.Tensor) -> torch.Tensor:
         """The ``(out, in)`` CSR matrix with ``values`` at the kept positions."""
-        return torch.sparse_csr_tensor(self.crow, self.cols, values, self.shape, check_invariants=False)
+        return torch.sparse_csr_tensor(self.crow32, self.cols32, values, self.shape, check_invariants=False)
+
+    def zeros(self, like: torch.Tensor) -> torch.Tensor:
+        """The CSR matrix of the pattern with zero values (the sampling pattern of the weight gradient)."""
+        if self._zeros is None or self._zeros.dtype != like.dtype or self._zeros.device != like.device:
+            self._zeros = self.matrix(torch.zeros_like(like))
+        return self._zeros
 
     def transposed(self, values: torch.Tensor) -> torch.Tensor:
         """The ``(in, out)`` CSR matrix of the transpose."""
-        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values[self.transpose_order],
+        return torch.sparse_csr_tensor(self.t_crow32, self.t_col32, values[self.transpose_order],
                                        (self.shape[1], self.shape[0]), check_invariants=False)
 
     def gather(self, dense: torch.Tensor) -> torch.Tensor:
@@ -75,31 +84,38 @@ def _offsets(index: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class _CsrLinear(torch.autograd.Function):
-    """``x @ W.T + b`` with ``W`` given by a pattern and its values; gradients only where ``W`` is kept."""
+    """``x @ W.T + b`` with ``W`` given by a pattern and its values; gradients only where ``W`` is kept.
+
+    Computed feature-major: ``W @ x.T`` on a contiguous ``x.T``, returned as a transposed view. A following
+    sparse layer then gets its ``x.T`` without a copy, and the weight gradient reads ``x`` column-major,
+    which ``sampled_addmm`` on CPU does about twice as fast as row-major.
+    """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, values: torch.Tensor,
                 bias: torch.Tensor | None, pattern: CsrPattern) -> torch.Tensor:
+        x_t = x.t().contiguous()
+        out_t = torch.sparse.mm(pattern.matrix(values), x_t)
+        if bias is not None:
+            out_t += bias[:, None]
         ctx.pattern = pattern
         ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, values)
-        out = torch.sparse.mm(pattern.matrix(values), x.t()).t()
-        return out + bias if bias is not None else out
+        ctx.save_for_backward(x_t, values)
+        return out_t.t()
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx,
                  grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, values = ctx.saved_tensors
+        x_t, values = ctx.saved_tensors
         pattern: CsrPattern = ctx.pattern
+        grad_t = grad.t().contiguous()
         grad_x = grad_values = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.sparse.mm(pattern.transposed(values), grad.t()).t()
+            grad_x = torch.sparse.mm(pattern.transposed(values), grad_t).t()
         if ctx.needs_input_grad[1]:
-            sampled = torch.sparse.sampled_addmm(pattern.matrix(torch.zeros_like(values)),
-                                                 grad.t().contiguous(), x.contiguous(), beta=0.0)
-            grad_values = sampled.values()
+            grad_values = torch.sparse.sampled_addmm(pattern.zeros(values), grad_t, x_t.t(), beta=0.0).values()
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad.sum(dim=0)
+            grad_bias = grad_t.sum(dim=1)
         return grad_x, grad_values, grad_bias, None
 
 
