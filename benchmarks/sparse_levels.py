@@ -1,10 +1,12 @@
-"""Dense masked training against sparse training at lottery levels: LeNet-300-100 on MNIST, Adam, batch 60.
+"""Dense masked training against sparse training at lottery levels: LeNet-300-100 on MNIST.
 
 At the levels of the paper's schedule (20% of each hidden layer and 10% of the output layer per level) whose
-weights remaining are about 100%, 51%, 21%, 7%, 3.6% and 1%, trains the same masked network with
-``subnets.train.train`` on the dense masked path and with every masked layer in sparse form
+weights remaining are about 100%, 51%, 21%, 17%, 13%, 11%, 7%, 3.6% and 1%, trains the same masked network
+with ``subnets.train.train`` on the dense masked path and with every masked layer in sparse form
 (``sparse_below`` above 1), in the same process on the same data, and reports seconds of training per
-1,000 iterations (evaluations left out). Writes ``benchmarks/results/sparse_levels.json``.
+1,000 iterations (evaluations left out). Two settings: the paper's (Adam, batch 60) and open_lth's
+(SGD, batch 128). The crossover density (where sparse starts to win) is the threshold to pass as
+``--sparse-below``. Writes ``benchmarks/results/sparse_levels.json``.
 
     python benchmarks/sparse_levels.py [--quick] [--threads 1,2]
 """
@@ -21,7 +23,9 @@ from subnets.masks import Mask
 from subnets.models import build_model, prunable_layers
 from subnets.train import TrainConfig, train
 
-LEVELS = {"100%": 0, "51%": 3, "21%": 7, "7%": 12, "3.6%": 15, "1%": 21}
+LEVELS = {"100%": 0, "51%": 3, "21%": 7, "17%": 8, "13%": 9, "11%": 10, "7%": 12, "3.6%": 15, "1%": 21}
+SETTINGS = {"adam, batch 60": TrainConfig(optimizer="adam", lr=1.2e-3, batch_size=60),
+            "sgd, batch 128": TrainConfig(optimizer="sgd", lr=0.1, batch_size=128)}
 RATES = {"fc": 0.2, "output": 0.1}
 
 
@@ -38,12 +42,12 @@ def level_mask(model: torch.nn.Module, level: int) -> Mask:
     return Mask(kept)
 
 
-def seconds(data, level: int, iterations: int, sparse: bool) -> tuple[float, float]:
+def seconds(data, setting: TrainConfig, level: int, iterations: int, sparse: bool) -> tuple[float, float]:
     """Training seconds (evaluations left out) and the mask's density."""
     torch.manual_seed(0)
     model = build_model("lenet300_100", (1, 28, 28), 10)
     mask = level_mask(model, level)
-    config = TrainConfig(length=f"{iterations}it", eval_every=f"{iterations}it")
+    config = setting.model_copy(update={"length": f"{iterations}it", "eval_every": f"{iterations}it"})
     result = train(model, data, config, seed=0, mask=mask, sparse_below=1.01 if sparse else 0.0)
     return result.seconds - result.eval_seconds, mask.density()
 
@@ -55,26 +59,28 @@ def main() -> None:
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        seconds(data, 3, 20, True)  # warm-up
-        seconds(data, 3, 20, False)
-        for label, level in LEVELS.items():
-            dense = sparse = float("inf")
-            for _ in range(repeats):  # interleaved, so that machine noise hits both paths alike
-                dense = min(dense, seconds(data, level, iterations, False)[0])
-                sparse = min(sparse, seconds(data, level, iterations, True)[0])
-            rows.append({"threads": threads, "weights_remaining": label, "level": level,
-                         "density": seconds(data, level, 1, False)[1],
-                         "dense_s_per_1000_it": 1000 * dense / iterations,
-                         "sparse_s_per_1000_it": 1000 * sparse / iterations, "sparse_over_dense": sparse / dense})
-    path = write_result("sparse_levels", {"model": "lenet300_100", "dataset": "mnist", "optimizer": "adam",
-                                          "batch_size": 60, "iterations_measured": iterations,
-                                          "repeats": repeats, "rows": rows})
+        for name, setting in SETTINGS.items():
+            seconds(data, setting, 3, 20, True)  # warm-up
+            seconds(data, setting, 3, 20, False)
+            for label, level in LEVELS.items():
+                dense = sparse = float("inf")
+                for _ in range(repeats):  # interleaved, so that machine noise hits both paths alike
+                    dense = min(dense, seconds(data, setting, level, iterations, False)[0])
+                    sparse = min(sparse, seconds(data, setting, level, iterations, True)[0])
+                rows.append({"threads": threads, "setting": name, "weights_remaining": label, "level": level,
+                             "density": seconds(data, setting, level, 1, False)[1],
+                             "dense_s_per_1000_it": 1000 * dense / iterations,
+                             "sparse_s_per_1000_it": 1000 * sparse / iterations,
+                             "sparse_over_dense": sparse / dense})
+    path = write_result("sparse_levels", {"model": "lenet300_100", "dataset": "mnist",
+                                          "settings": {k: v.model_dump() for k, v in SETTINGS.items()},
+                                          "iterations_measured": iterations, "repeats": repeats, "rows": rows})
 
-    table = Table(title="LeNet-300-100, Adam, batch 60: s / 1000 it")
-    for column in ("threads", "weights remaining", "level", "dense masked", "sparse", "sparse / dense"):
+    table = Table(title="LeNet-300-100 on MNIST: s / 1000 it")
+    for column in ("threads", "setting", "weights remaining", "level", "dense masked", "sparse", "sparse / dense"):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(str(row["threads"]), f"{100 * row['density']:.2f}%", str(row["level"]),
+        table.add_row(str(row["threads"]), row["setting"], f"{100 * row['density']:.2f}%", str(row["level"]),
                       f"{row['dense_s_per_1000_it']:.3f}", f"{row['sparse_s_per_1000_it']:.3f}",
                       f"{100 * row['sparse_over_dense']:.0f}%")
     Console().print(table)

@@ -8,9 +8,10 @@ weights are not stored at all, so they are exactly zero by construction, and the
 entry per kept weight.
 
 ``benchmarks/sparse_levels.py`` times whole LeNet-300-100 training steps with every masked layer sparse
-against the dense masked path: on this project's 2-core CPU the sparse path is slower above about 21% of
-the weights and takes 61-74% of the dense time at 3.6%; the fixed cost of a step (data, optimizer, small
-layers) then dominates.
+against the dense masked path. On this project's 2-core CPU at one thread the two cost the same near 17-21%
+of the weights; at 3.6% the sparse step takes 49% of the dense time (SGD, batch 128) or 63% (Adam, batch 60).
+What remains is a step's fixed cost (batch gathering, loss, optimizer) and per-call overhead of the small
+sparse products, not their arithmetic.
 
 :func:`sparsify` swaps the pruned layers of a model for :class:`SparseLinear` and returns a handle that
 reads dense state dicts and puts the dense layers back.
