@@ -1,0 +1,11 @@
+"""Experts: per-input sub-networks chosen by a learned router.
+
+``MoE(dim, hidden, num_experts, k)`` is a mixture-of-experts feed-forward layer: a :class:`Router` picks
+``k`` experts per token, tokens are dispatched sorted by expert, each expert runs once on its slice, and
+the outputs are combined with the routing weights.
+"""
+
+from subnets.experts.layer import Experts, MoE
+from subnets.experts.routing import Router, Routing
+
+__all__ = ["Experts", "MoE", "Router", "Routing"]
