@@ -1,0 +1,109 @@
+"""Load balancing for routers, as pluggable strategies, and the load diagnostics they are judged by.
+
+A strategy has ``loss(routing)`` (a term to add to the training loss; zero for strategies without one) and
+``update(router, routing)`` (called after the optimizer step; a no-op for loss-based strategies):
+
+- :class:`NoBalancing`.
+- :class:`SwitchLoss`: ``coef * N * sum_i f_i * P_i`` (Switch Transformer), with ``f_i`` the fraction of the
+  batch's routed choices that went to expert i and ``P_i`` the mean router score for it; 1 when both are
+  uniform. Computed per micro-batch.
+- :class:`ZLoss`: ``coef * mean(logsumexp(logits)^2)`` (ST-MoE), keeping router logits small.
+- :class:`LossFreeBias`: no loss; after each step every expert's selection bias moves by ``rate`` towards
+  balance, ``+rate`` if it got fewer than the mean load, ``-rate`` if more (DeepSeek's auxiliary-loss-free
+  balancing). The bias changes which experts are chosen, not the combine weights.
+
+Several strategies combine with :class:`Balancing` (losses add, updates all run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from subnets.experts.routing import Router, Routing
+
+
+def expert_load(routing: Routing, num_experts: int) -> torch.Tensor:
+    """Choices per routed expert, ``(num_experts,)`` float (null experts, if any, left out)."""
+    return routing.load()[:num_experts].float()
+
+
+def load_diagnostics(routing: Routing, num_experts: int) -> dict[str, float]:
+    """``max_violation`` (MaxVio: max load / mean load - 1), ``load_cv`` (std / mean of the load),
+    ``router_entropy`` (mean entropy of the tokens' normalised scores, nats) and ``dropped`` (fraction of
+    choices of a routed expert that were not computed, e.g. over capacity)."""
+    load = expert_load(routing, num_experts)
+    mean = load.mean()
+    probs = routing.probs.detach()
+    probs = probs / probs.sum(dim=-1, keepdim=True)
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean()
+    to_experts = routing.experts < num_experts
+    dropped = 0.0
+    if routing.kept is not None and int(to_experts.sum()) > 0:
+        dropped = 1.0 - float((routing.kept & to_experts).sum()) / float(to_experts.sum())
+    return {
+        "max_violation": float(load.max() / mean - 1) if mean > 0 else 0.0,
+        "load_cv": float(load.std(unbiased=False) / mean) if mean > 0 else 0.0,
+        "router_entropy": float(entropy),
+        "dropped": dropped,
+    }
+
+
+class NoBalancing:
+    """No balancing term and no update."""
+
+    def loss(self, routing: Routing) -> torch.Tensor:
+        return routing.logits.new_zeros(())
+
+    def update(self, router: Router, routing: Routing) -> None:
+        """Nothing to update."""
+
+
+@dataclass
+class SwitchLoss(NoBalancing):
+    """The Switch Transformer auxiliary loss over one micro-batch, scaled by ``coef``."""
+
+    coef: float = 0.01
+
+    def loss(self, routing: Routing) -> torch.Tensor:
+        num_experts = routing.num_experts
+        fraction = routing.load().float() / routing.experts.numel()
+        mean_score = routing.probs.mean(dim=0)
+        return self.coef * num_experts * (fraction * mean_score).sum()
+
+
+@dataclass
+class ZLoss(NoBalancing):
+    """The router z-loss, scaled by ``coef``."""
+
+    coef: float = 1e-3
+
+    def loss(self, routing: Routing) -> torch.Tensor:
+        return self.coef * torch.logsumexp(routing.logits, dim=-1).square().mean()
+
+
+@dataclass
+class LossFreeBias(NoBalancing):
+    """Auxiliary-loss-free balancing: selection biases nudged by ``rate`` from the sign of the load error."""
+
+    rate: float = 1e-3
+
+    @torch.no_grad()
+    def update(self, router: Router, routing: Routing) -> None:
+        load = routing.load().float()
+        router.selection_bias += self.rate * torch.sign(load.mean() - load)
+
+
+class Balancing(NoBalancing):
+    """Several strategies at once: their losses add and each one's update runs."""
+
+    def __init__(self, *strategies: NoBalancing) -> None:
+        self.strategies = strategies
+
+    def loss(self, routing: Routing) -> torch.Tensor:
+        return sum((s.loss(routing) for s in self.strategies), routing.logits.new_zeros(()))
+
+    def update(self, router: Router, routing: Routing) -> None:
+        for strategy in self.strategies:
+            strategy.update(router, routing)

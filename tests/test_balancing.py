@@ -1,0 +1,80 @@
+"""Balancing strategies against hand-computed values, and loss-free biases that really balance a skewed router."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from subnets.experts import Router, Routing
+from subnets.experts.balancing import Balancing, LossFreeBias, NoBalancing, SwitchLoss, ZLoss, load_diagnostics
+
+
+def _routing(experts: list[list[int]], probs: list[list[float]], kept: list[list[bool]] | None = None) -> Routing:
+    probs_t = torch.tensor(probs)
+    return Routing(experts=torch.tensor(experts), weights=torch.ones(len(experts), len(experts[0])),
+                   probs=probs_t, logits=probs_t.log(), kept=None if kept is None else torch.tensor(kept))
+
+
+PROBS = [[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.2, 0.6, 0.2], [0.1, 0.1, 0.8]]
+SKEWED = _routing([[0], [0], [1], [2]], PROBS)
+
+
+def test_switch_loss_by_hand() -> None:
+    # f = (2/4, 1/4, 1/4); P = column means (0.375, 0.3, 0.325); N = 3.
+    expected = 0.1 * 3 * (0.5 * 0.375 + 0.25 * 0.3 + 0.25 * 0.325)
+    assert SwitchLoss(coef=0.1).loss(SKEWED).item() == pytest.approx(expected)
+    uniform = _routing([[0], [1], [2]], [[1 / 3] * 3] * 3)
+    assert SwitchLoss(coef=0.1).loss(uniform).item() == pytest.approx(0.1)  # 1 x coef when balanced
+
+
+def test_switch_loss_counts_every_top_k_choice() -> None:
+    routing = _routing([[0, 1], [0, 2]], [[0.5, 0.3, 0.2], [0.4, 0.2, 0.4]])
+    # f = (2/4, 1/4, 1/4); P = (0.45, 0.25, 0.3)
+    expected = 3 * (0.5 * 0.45 + 0.25 * 0.25 + 0.25 * 0.3)
+    assert SwitchLoss(coef=1.0).loss(routing).item() == pytest.approx(expected)
+
+
+def test_z_loss_by_hand() -> None:
+    logits = torch.tensor([[0.0, 1.0], [2.0, -1.0]])
+    routing = Routing(experts=torch.zeros(2, 1, dtype=torch.long), weights=torch.ones(2, 1),
+                      probs=logits.softmax(-1), logits=logits)
+    expected = 0.5 * ((math.log(1 + math.e)) ** 2 + (math.log(math.e ** 2 + math.e ** -1)) ** 2) / 2
+    assert ZLoss(coef=0.5).loss(routing).item() == pytest.approx(expected)
+
+
+def test_diagnostics_by_hand() -> None:
+    kept = [[True], [False], [True], [True]]
+    found = load_diagnostics(_routing([[0], [0], [1], [2]], [[1 / 3] * 3] * 4, kept), num_experts=3)
+    assert found["max_violation"] == pytest.approx(2 / (4 / 3) - 1)
+    assert found["load_cv"] == pytest.approx(math.sqrt(2 / 9) / (4 / 3))
+    assert found["router_entropy"] == pytest.approx(math.log(3))
+    assert found["dropped"] == pytest.approx(0.25)
+
+
+def test_combined_strategies_add_their_losses() -> None:
+    both = Balancing(SwitchLoss(0.1), ZLoss(0.01), NoBalancing())
+    assert both.loss(SKEWED).item() == pytest.approx(SwitchLoss(0.1).loss(SKEWED).item()
+                                                     + ZLoss(0.01).loss(SKEWED).item())
+
+
+def test_loss_free_bias_balances_a_skewed_router() -> None:
+    """A router whose gate favours expert 0 for every token: the bias updates alone bring MaxVio down."""
+    torch.manual_seed(0)
+    router = Router(8, num_experts=4, k=1)
+    with torch.no_grad():
+        router.gate.weight[0, 0] = 3.0  # tokens have mean 1 in feature 0, so expert 0 wins most of them
+    strategy = LossFreeBias(rate=0.001)
+
+    def tokens() -> torch.Tensor:
+        batch = torch.randn(2048, 8)
+        batch[:, 0] += 1.0
+        return batch
+
+    before = load_diagnostics(router(tokens()), 4)["max_violation"]
+    for _ in range(1500):
+        strategy.update(router, router(tokens()))
+    after = [load_diagnostics(router(tokens()), 4)["max_violation"] for _ in range(5)]
+    assert before > 1.5 and max(after) < 0.2, (before, after)
+    assert router.gate.weight.grad is None and router.selection_bias[0] < 0  # only the bias moved
