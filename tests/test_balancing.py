@@ -36,6 +36,22 @@ def test_switch_loss_counts_every_top_k_choice() -> None:
     assert SwitchLoss(coef=1.0).loss(routing).item() == pytest.approx(expected)
 
 
+def test_global_scope_counts_the_load_over_micro_batches() -> None:
+    """Micro-batch A sends both tokens to expert 0, B both to expert 1: per micro-batch each looks skewed,
+    over the global batch the load is balanced."""
+    a = _routing([[0], [0]], [[0.9, 0.1], [0.8, 0.2]])
+    b = _routing([[1], [1]], [[0.3, 0.7], [0.1, 0.9]])
+    micro, global_ = SwitchLoss(coef=1.0), SwitchLoss(coef=1.0, scope="global")
+    assert micro.loss(b).item() == pytest.approx(2 * 0.8)  # f = (0, 1), P = (0.2, 0.8)
+    global_.new_batch()
+    assert global_.loss(a).item() == pytest.approx(2 * 0.85)  # f = (1, 0) so far, P = (0.85, 0.15)
+    assert global_.loss(b).item() == pytest.approx(2 * (0.5 * 0.2 + 0.5 * 0.8))  # f = (1/2, 1/2)
+    global_.new_batch()
+    assert global_.loss(b).item() == pytest.approx(2 * 0.8)  # a new batch starts from zero
+    with pytest.raises(ValueError, match="scope"):
+        SwitchLoss(scope="sequence")
+
+
 def test_z_loss_by_hand() -> None:
     logits = torch.tensor([[0.0, 1.0], [2.0, -1.0]])
     routing = Routing(experts=torch.zeros(2, 1, dtype=torch.long), weights=torch.ones(2, 1),

@@ -5,8 +5,11 @@ A strategy has ``loss(routing)`` (a term to add to the training loss; zero for s
 
 - :class:`NoBalancing`.
 - :class:`SwitchLoss`: ``coef * N * sum_i f_i * P_i`` (Switch Transformer), with ``f_i`` the fraction of the
-  batch's routed choices that went to expert i and ``P_i`` the mean router score for it; 1 when both are
-  uniform. Computed per micro-batch.
+  routed choices that went to expert i and ``P_i`` the micro-batch's mean router score for it; 1 when both
+  are uniform. ``scope="micro"`` counts ``f_i`` in the micro-batch alone; ``scope="global"`` in every
+  micro-batch since :meth:`SwitchLoss.new_batch` (the buffer of "Demons in the Detail", Qiu et al. 2025,
+  under gradient accumulation), which lets a single sequence or domain favour some experts as long as the
+  global batch stays balanced.
 - :class:`ZLoss`: ``coef * mean(logsumexp(logits)^2)`` (ST-MoE), keeping router logits small.
 - :class:`LossFreeBias`: no loss; after each step every expert's selection bias moves by ``rate`` towards
   balance, ``+rate`` if it got fewer than the mean load, ``-rate`` if more (DeepSeek's auxiliary-loss-free
@@ -18,6 +21,7 @@ Several strategies combine with :class:`Balancing` (losses add, updates all run)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -60,17 +64,28 @@ class NoBalancing:
         """Nothing to update."""
 
 
-@dataclass
 class SwitchLoss(NoBalancing):
-    """The Switch Transformer auxiliary loss over one micro-batch, scaled by ``coef``."""
+    """The Switch Transformer auxiliary loss scaled by ``coef``, with the load counted per micro-batch or
+    over the global batch (call :meth:`new_batch` before each optimizer step's first micro-batch)."""
 
-    coef: float = 0.01
+    def __init__(self, coef: float = 0.01, scope: Literal["micro", "global"] = "micro") -> None:
+        if scope not in ("micro", "global"):
+            raise ValueError(f"scope must be 'micro' or 'global', got {scope!r}")
+        self.coef, self.scope = coef, scope
+        self.counts: torch.Tensor | None = None
+
+    def new_batch(self) -> None:
+        """Start a new global batch: forget the loads counted so far."""
+        self.counts = None
 
     def loss(self, routing: Routing) -> torch.Tensor:
-        num_experts = routing.num_experts
-        fraction = routing.load().float() / routing.experts.numel()
+        load = routing.load().float()
+        if self.scope == "global":
+            self.counts = load if self.counts is None else self.counts + load
+            load = self.counts
+        fraction = load / load.sum()
         mean_score = routing.probs.mean(dim=0)
-        return self.coef * num_experts * (fraction * mean_score).sum()
+        return self.coef * routing.num_experts * (fraction * mean_score).sum()
 
 
 @dataclass
