@@ -101,8 +101,8 @@ class MoE(nn.Module):
         keep = by_expert < self.num_experts
         capacity = self.capacity(num_tokens)
         if capacity is not None:
-            counts = torch.bincount(flat_experts, minlength=self.router.num_experts)
-            starts = torch.cumsum(counts, 0) - counts
+            chosen = torch.bincount(flat_experts, minlength=self.router.num_experts)
+            starts = torch.cumsum(chosen, 0) - chosen
             keep &= torch.arange(len(order), device=order.device) - starts[by_expert] < capacity
         order = order[keep]
         kept = torch.zeros_like(flat_experts, dtype=torch.bool)

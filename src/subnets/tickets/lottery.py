@@ -215,14 +215,23 @@ class LotteryExperiment:
             self._cache[key] = found
         return self._cache[key]
 
+    @staticmethod
+    def _data_seed(seed: int) -> int:
+        """The data-order seed of every unit of recipe seed ``seed`` (rewound units replay its batches)."""
+        return derive_seed(seed, "data")
+
+    def _checkpoint_at(self, level: int) -> tuple[int, ...]:
+        """Iterations whose weights a unit of ``level`` keeps: level 0 keeps the rewind point."""
+        return (self.rewind_iter,) if level == 0 else ()
+
     def _compute(self, units: list[tuple[int, str, int]]) -> None:
         """Train ``units`` (all of one level), as one population when the model allows, and store each."""
         level = units[0][0]
         starts = [self.initial(*unit) for unit in units]
         models, masks = [m for m, _, _ in starts], [k for _, k, _ in starts]
         start = starts[0][2]
-        data_seeds = [derive_seed(seed, "data") for _, _, seed in units]
-        checkpoint_at = (self.rewind_iter,) if level == 0 else ()
+        data_seeds = [self._data_seed(seed) for _, _, seed in units]
+        checkpoint_at = self._checkpoint_at(level)
         batched = len(units) > 1 and self.population_reason is None
         if batched:
             outcomes = train_population(models, self.data, self.config.train, seeds=data_seeds, masks=masks,
@@ -309,9 +318,8 @@ class LotteryExperiment:
                     todo.remove(unit)
                     model, mask, start = self.initial(*unit)
                     key = step_key(*unit)
-                    pool.submit(key, model, seed=derive_seed(unit[2], "data"), mask=mask, start_iteration=start,
-                                checkpoint_at=(self.rewind_iter,) if unit[0] == 0 else (),
-                                sparse_below=self.execution.sparse_below)
+                    pool.submit(key, model, seed=self._data_seed(unit[2]), mask=mask, start_iteration=start,
+                                checkpoint_at=self._checkpoint_at(unit[0]), sparse_below=self.execution.sparse_below)
                     running[key] = (unit, model, mask, start)
                 self.progress.advance("lottery", 0, running=", ".join(running))
                 done = pool.next_done()
