@@ -94,3 +94,39 @@ def test_loss_free_bias_balances_a_skewed_router() -> None:
     after = [load_diagnostics(router(tokens()), 4)["max_violation"] for _ in range(5)]
     assert before > 1.5 and max(after) < 0.2, (before, after)
     assert router.gate.weight.grad is None and router.selection_bias[0] < 0  # only the bias moved
+
+
+def test_balanced_assignment_gives_equal_loads_and_distinct_experts() -> None:
+    from subnets.experts.routing import balanced_assignment
+
+    torch.manual_seed(0)
+    scores = torch.randn(64, 8)
+    scores[:, 0] += 5  # every token prefers expert 0
+    chosen = balanced_assignment(scores, 2)
+    assert torch.equal(torch.bincount(chosen.reshape(-1), minlength=8), torch.full((8,), 16))
+    assert torch.all(chosen[:, 0] != chosen[:, 1])
+    one = balanced_assignment(scores, 1)[:, 0]
+    # optimal: no swap of two tokens' experts raises the total score
+    total = scores[torch.arange(64), one].sum()
+    for a, b in [(0, 1), (3, 40), (10, 63)]:
+        swapped = one.clone()
+        swapped[a], swapped[b] = one[b], one[a]
+        assert scores[torch.arange(64), swapped].sum() <= total + 1e-6
+
+
+def test_balanced_assignment_strategy_routes_evenly_in_training_and_by_top_k_in_evaluation() -> None:
+    from subnets.experts import MoE
+    from subnets.experts.balancing import BalancedAssignment, load_diagnostics
+
+    torch.manual_seed(1)
+    moe = MoE(8, 16, num_experts=4, k=2)
+    with torch.no_grad():
+        moe.router.gate.weight[0] += 3.0  # skewed router
+    BalancedAssignment().attach(moe.router)
+    x = torch.randn(40, 8)
+    moe.train()
+    moe(x)
+    assert load_diagnostics(moe.last_routing, 4)["max_violation"] == 0.0
+    moe.eval()
+    moe(x)
+    assert torch.equal(moe.last_routing.experts, torch.topk(moe.last_routing.probs, 2).indices)

@@ -1,7 +1,8 @@
 """Load balancing for routers, as pluggable strategies, and the load diagnostics they are judged by.
 
-A strategy has ``loss(routing)`` (a term to add to the training loss; zero for strategies without one) and
-``update(router, routing)`` (called after the optimizer step; a no-op for loss-based strategies):
+A strategy has ``attach(router)`` (called once before training), ``loss(routing)`` (a term to add to the
+training loss; zero for strategies without one) and ``update(router, routing)`` (called after the
+optimizer step; a no-op for loss-based strategies):
 
 - :class:`NoBalancing`.
 - :class:`SwitchLoss`: ``coef * N * sum_i f_i * P_i`` (Switch Transformer), with ``f_i`` the fraction of the
@@ -14,6 +15,8 @@ A strategy has ``loss(routing)`` (a term to add to the training loss; zero for s
 - :class:`LossFreeBias`: no loss; after each step every expert's selection bias moves by ``rate`` towards
   balance, ``+rate`` if it got fewer than the mean load, ``-rate`` if more (DeepSeek's auxiliary-loss-free
   balancing). The bias changes which experts are chosen, not the combine weights.
+- :class:`BalancedAssignment`: no loss; while training, the router assigns tokens to experts by a linear
+  assignment with equal loads (BASE layers), and by top-k at evaluation.
 
 Several strategies combine with :class:`Balancing` (losses add, updates all run).
 """
@@ -33,29 +36,39 @@ def expert_load(routing: Routing, num_experts: int) -> torch.Tensor:
     return routing.load()[:num_experts].float()
 
 
-def load_diagnostics(routing: Routing, num_experts: int) -> dict[str, float]:
-    """``max_violation`` (MaxVio: max load / mean load - 1), ``load_cv`` (std / mean of the load),
-    ``router_entropy`` (mean entropy of the tokens' normalised scores, nats) and ``dropped`` (fraction of
-    choices of a routed expert that were not computed, e.g. over capacity)."""
+DIAGNOSTICS = ("max_violation", "load_cv", "router_entropy", "dropped")
+
+
+def diagnostics_tensor(routing: Routing, num_experts: int) -> torch.Tensor:
+    """The :data:`DIAGNOSTICS` of one routing as a ``(4,)`` tensor on the routing's device (no host sync,
+    so it can be recorded every training step)."""
     load = expert_load(routing, num_experts)
-    mean = load.mean()
+    mean = load.mean().clamp_min(1e-12)
     probs = routing.probs.detach()
     probs = probs / probs.sum(dim=-1, keepdim=True)
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean()
     to_experts = routing.experts < num_experts
-    dropped = 0.0
-    if routing.kept is not None and int(to_experts.sum()) > 0:
-        dropped = 1.0 - float((routing.kept & to_experts).sum()) / float(to_experts.sum())
-    return {
-        "max_violation": float(load.max() / mean - 1) if mean > 0 else 0.0,
-        "load_cv": float(load.std(unbiased=False) / mean) if mean > 0 else 0.0,
-        "router_entropy": float(entropy),
-        "dropped": dropped,
-    }
+    if routing.kept is None:
+        dropped = load.new_zeros(())
+    else:
+        dropped = 1.0 - (routing.kept & to_experts).sum() / to_experts.sum().clamp_min(1)
+    spread = torch.stack([load.max() / mean - 1, load.std(unbiased=False) / mean])
+    spread = torch.where(load.sum() > 0, spread, torch.zeros_like(spread))  # nothing routed: no imbalance
+    return torch.cat([spread, entropy[None], dropped.float()[None]])
+
+
+def load_diagnostics(routing: Routing, num_experts: int) -> dict[str, float]:
+    """``max_violation`` (MaxVio: max load / mean load - 1), ``load_cv`` (std / mean of the load),
+    ``router_entropy`` (mean entropy of the tokens' normalised scores, nats) and ``dropped`` (fraction of
+    choices of a routed expert that were not computed, e.g. over capacity)."""
+    return dict(zip(DIAGNOSTICS, diagnostics_tensor(routing, num_experts).tolist(), strict=True))
 
 
 class NoBalancing:
     """No balancing term and no update."""
+
+    def attach(self, router: Router) -> None:
+        """Nothing to set up."""
 
     def loss(self, routing: Routing) -> torch.Tensor:
         return routing.logits.new_zeros(())
@@ -110,11 +123,22 @@ class LossFreeBias(NoBalancing):
         router.selection_bias += self.rate * torch.sign(load.mean() - load)
 
 
+class BalancedAssignment(NoBalancing):
+    """Balanced assignment while training (see :func:`~subnets.experts.routing.balanced_assignment`)."""
+
+    def attach(self, router: Router) -> None:
+        router.balanced = True
+
+
 class Balancing(NoBalancing):
     """Several strategies at once: their losses add and each one's update runs."""
 
     def __init__(self, *strategies: NoBalancing) -> None:
         self.strategies = strategies
+
+    def attach(self, router: Router) -> None:
+        for strategy in self.strategies:
+            strategy.attach(router)
 
     def loss(self, routing: Routing) -> torch.Tensor:
         return sum((s.loss(routing) for s in self.strategies), routing.logits.new_zeros(()))

@@ -13,35 +13,194 @@ stacked, ``(E, ...)``, so fine-grained configurations (many small experts) are o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from subnets.experts.routing import Router, Routing
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+CHUNK = 1024  # most pairs per matrix product: an expert's slice runs in equal runs of at most this many
+
+
+@dataclass
+class _Plan:
+    """What ``_ExpertsFunction`` needs besides tensors: the row each pair reads (and adds its output to), the
+    pairs per expert, the expert kind and activation, and whether to save for the backward pass."""
+
+    index: torch.Tensor
+    counts: list[int]
+    kind: str
+    activation: Callable[[torch.Tensor], torch.Tensor]
+    save: bool
+
+    def chunks(self) -> Iterator[tuple[int, int, int, bool]]:
+        """``(expert, start, stop, first)`` for each run of pairs of one expert (``first``: its first run)."""
+        start = 0
+        for expert, count in enumerate(self.counts):
+            size = -(-count // -(-count // CHUNK)) if count else 1
+            for begin in range(start, start + count, size):
+                yield expert, begin, min(begin + size, start + count), begin == start
+            start += count
+
+    def largest(self) -> int:
+        """The most pairs in one run."""
+        return max((stop - start for _, start, stop, _ in self.chunks()), default=0)
+
+
+class _Buffers:
+    """Chunk-sized scratch tensors, allocated once per call and reused by every run (so they stay in cache)."""
+
+    def __init__(self, like: torch.Tensor, rows: int, **widths: int) -> None:
+        self.buffers = {name: like.new_empty(rows, width) for name, width in widths.items()}
+
+    def __call__(self, name: str, rows: int) -> torch.Tensor:
+        return self.buffers[name][:rows]
+
+
+def _activate(plan: _Plan, hidden: torch.Tensor, out: torch.Tensor, silu: torch.Tensor | None = None) -> None:
+    """``out`` = the expert's activation of its pre-activation ``hidden`` (bias included); for SwiGLU, ``silu``
+    (if given) receives ``silu(gate)``."""
+    if plan.kind == "swiglu":
+        gate, up = hidden.chunk(2, dim=-1)
+        torch.ops.aten.silu.out(gate, out=out if silu is None else silu)
+        torch.mul(out if silu is None else silu, up, out=out)
+    elif plan.activation is F.gelu:
+        torch.ops.aten.gelu.out(hidden, out=out)
+    else:
+        torch.clamp(hidden, min=0, out=out)
+
+
+class _ExpertsFunction(torch.autograd.Function):
+    """Gather, experts and weighted combine in one pass, with a hand-written backward.
+
+    Pair ``p`` (sorted by expert) reads row ``index[p]`` of ``tokens``, runs through its expert and adds its
+    output times ``weights[p]`` into row ``index[p]`` of the result. Each expert runs on its pairs in equal
+    runs of at most ``CHUNK``, every intermediate written into scratch buffers reused from run to run: the
+    only tensors of ``T * k`` rows are the pre-activations saved for backward. The backward pass mirrors
+    it run by run: weight gradients are written in place into one ``(E, ...)`` tensor (autograd through
+    ``w_in[i]`` would allocate and add a full-size gradient per expert), and the routing-weight gradient is
+    the dot product of the incoming gradient with the unweighted output, taken at the hidden width.
+    """
+
+    @staticmethod
+    def forward(ctx, tokens: torch.Tensor, weights: torch.Tensor | None, w_in: torch.Tensor, w_out: torch.Tensor,
+                b_in: torch.Tensor | None, b_out: torch.Tensor | None, plan: _Plan) -> torch.Tensor:
+        width, hidden_width, out_width = w_in.shape[-1], w_out.shape[-2], w_out.shape[-1]
+        result = tokens.new_zeros(len(tokens), out_width)
+        saved = tokens.new_empty(len(plan.index), width) if plan.save else None
+        buffer = _Buffers(tokens, plan.largest(), x=tokens.shape[-1], hidden=0 if plan.save else width,
+                          activated=hidden_width, output=out_width)
+        for expert, start, stop, _ in plan.chunks():
+            rows, n = plan.index[start:stop], stop - start
+            x = torch.index_select(tokens, 0, rows, out=buffer("x", n))
+            hidden = torch.mm(x, w_in[expert], out=saved[start:stop] if plan.save else buffer("hidden", n))
+            if b_in is not None:
+                hidden += b_in[expert]
+            activated = buffer("activated", n)
+            _activate(plan, hidden, activated)
+            output = torch.mm(activated, w_out[expert], out=buffer("output", n))
+            if b_out is not None:
+                output += b_out[expert]
+            if weights is not None:
+                output *= weights[start:stop, None]
+            result.index_add_(0, rows, output)
+        if plan.save:
+            ctx.plan = plan
+            ctx.save_for_backward(tokens, weights, w_in, w_out, b_in, b_out, saved)
+        return result
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_result: torch.Tensor):
+        tokens, weights, w_in, w_out, b_in, b_out, saved = ctx.saved_tensors
+        plan: _Plan = ctx.plan
+        need = ctx.needs_input_grad
+        dim, width, hidden_width, out_width = tokens.shape[-1], w_in.shape[-1], w_out.shape[-2], w_out.shape[-1]
+        grad_tokens = torch.zeros_like(tokens) if need[0] else None
+        grad_weights = torch.empty_like(weights) if weights is not None and need[1] else None
+        grad_w_in, grad_w_out = torch.empty_like(w_in), torch.empty_like(w_out)
+        grad_b_in = torch.empty_like(b_in) if b_in is not None else None
+        grad_b_out = torch.empty_like(b_out) if b_out is not None else None
+        for expert, count in enumerate(plan.counts):
+            if not count:  # an expert without tokens gets a zero gradient
+                for grad in (grad_w_in, grad_w_out, grad_b_in, grad_b_out):
+                    if grad is not None:
+                        grad[expert].zero_()
+        grad_result = grad_result.contiguous()
+        buffer = _Buffers(tokens, plan.largest(), grad_output=out_width, activated=hidden_width,
+                          silu=hidden_width if plan.kind == "swiglu" else 0, grad_activated=hidden_width,
+                          product=hidden_width, grad_hidden=width, x=dim, grad_x=dim)
+        scale_activated = hidden_width <= out_width  # scale the narrower factor of the w_out gradient
+        for expert, start, stop, first in plan.chunks():
+            rows, n = plan.index[start:stop], stop - start
+            grad_output = torch.index_select(grad_result, 0, rows, out=buffer("grad_output", n))
+            hidden = saved[start:stop]
+            activated, silu = buffer("activated", n), buffer("silu", n)
+            _activate(plan, hidden, activated, silu)
+            grad_activated = torch.mm(grad_output, w_out[expert].T, out=buffer("grad_activated", n))
+            if grad_weights is not None:  # d/dw of w * output: <grad_output, output> = <grad_activated, activated>
+                product = torch.mul(grad_activated, activated, out=buffer("product", n))
+                torch.sum(product, -1, out=grad_weights[start:stop])
+                if b_out is not None:
+                    grad_weights[start:stop] += grad_output @ b_out[expert]
+            if weights is not None:
+                scale = weights[start:stop]
+                grad_activated *= scale[:, None]
+                (activated if scale_activated else grad_output).mul_(scale[:, None])
+            grad_out = grad_w_out[expert]
+            torch.mm(activated.T, grad_output, out=grad_out) if first else grad_out.addmm_(activated.T, grad_output)
+            if grad_b_out is not None:
+                if weights is not None and scale_activated:
+                    bias = torch.mv(grad_output.T, scale)
+                else:
+                    bias = grad_output.sum(0)
+                grad_b_out[expert] = bias if first else grad_b_out[expert] + bias
+            grad_hidden = buffer("grad_hidden", n)
+            if plan.kind == "swiglu":
+                gate, up = hidden.chunk(2, dim=-1)
+                product = torch.mul(grad_activated, up, out=buffer("product", n))
+                torch.ops.aten.silu_backward.grad_input(product, gate, grad_input=grad_hidden[:, :hidden_width])
+                torch.mul(grad_activated, silu, out=grad_hidden[:, hidden_width:])
+            elif plan.activation is F.gelu:
+                torch.ops.aten.gelu_backward.grad_input(grad_activated, hidden, grad_input=grad_hidden)
+            else:
+                torch.ops.aten.threshold_backward.grad_input(grad_activated, hidden, 0, grad_input=grad_hidden)
+            if grad_b_in is not None:
+                bias = grad_hidden.sum(0)
+                grad_b_in[expert] = bias if first else grad_b_in[expert] + bias
+            x = torch.index_select(tokens, 0, rows, out=buffer("x", n))
+            grad_in = grad_w_in[expert]
+            torch.mm(x.T, grad_hidden, out=grad_in) if first else grad_in.addmm_(x.T, grad_hidden)
+            if grad_tokens is not None:
+                grad_tokens.index_add_(0, rows, torch.mm(grad_hidden, w_in[expert].T, out=buffer("grad_x", n)))
+        return grad_tokens, grad_weights, grad_w_in, grad_w_out, grad_b_in, grad_b_out, None
 
 
 class Experts(nn.Module):
     """``num_experts`` feed-forward experts of one shape: ``mlp`` (``act(x W1 + b1) W2 + b2``) or ``swiglu``
-    (``(silu(x Wg) * x Wu) W2``, no biases)."""
+    (``(silu(x Wg) * x Wu) W2``, no biases). Outputs have width ``out_dim`` (default ``dim``)."""
 
     def __init__(self, num_experts: int, dim: int, hidden: int, kind: Literal["mlp", "swiglu"] = "mlp",
-                 activation: Literal["gelu", "relu"] = "gelu") -> None:
+                 activation: Literal["gelu", "relu"] = "gelu", out_dim: int | None = None) -> None:
         super().__init__()
         if kind not in ("mlp", "swiglu"):
             raise ValueError(f"expert kind must be 'mlp' or 'swiglu', got {kind!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         self.num_experts, self.dim, self.hidden, self.kind = num_experts, dim, hidden, kind
+        self.out_dim = out_dim = dim if out_dim is None else out_dim
         self.activation = ACTIVATIONS[activation]
         width = 2 * hidden if kind == "swiglu" else hidden
         self.w_in = nn.Parameter(torch.empty(num_experts, dim, width))
-        self.w_out = nn.Parameter(torch.empty(num_experts, hidden, dim))
+        self.w_out = nn.Parameter(torch.empty(num_experts, hidden, out_dim))
         self.b_in = nn.Parameter(torch.zeros(num_experts, width)) if kind == "mlp" else None
-        self.b_out = nn.Parameter(torch.zeros(num_experts, dim)) if kind == "mlp" else None
+        self.b_out = nn.Parameter(torch.zeros(num_experts, out_dim)) if kind == "mlp" else None
         for weight, fan_in in ((self.w_in, dim), (self.w_out, hidden)):
             nn.init.uniform_(weight, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
@@ -53,10 +212,23 @@ class Experts(nn.Module):
             return (F.silu(gate) * up) @ self.w_out[index]
         return self.activation(hidden + self.b_in[index]) @ self.w_out[index] + self.b_out[index]
 
-    def forward(self, tokens: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """Run expert i on the i-th slice of ``tokens`` (sorted by expert; ``counts[i]`` rows each)."""
-        outputs = [self.expert(i, chunk) for i, chunk in enumerate(tokens.split(counts)) if len(chunk)]
-        return torch.cat(outputs) if outputs else tokens.new_zeros(0, self.dim)
+    def forward(self, tokens: torch.Tensor, counts: list[int], index: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Run expert i on the i-th slice of ``tokens`` (sorted by expert; ``counts[i]`` rows each).
+
+        With ``index`` (a row of ``tokens`` for each dispatched pair, sorted by expert, ``counts[i]`` for
+        expert i), expert i runs on the rows ``tokens[index[slice i]]`` instead, and each output, scaled by
+        its entry of ``weights`` if given, is added into its row of a result shaped like ``tokens``: gather,
+        experts and combine in one pass (see ``_ExpertsFunction``)."""
+        counts = [int(c) for c in counts]
+        if index is None:
+            if sum(counts) != len(tokens):
+                raise ValueError(f"counts add up to {sum(counts)}, but there are {len(tokens)} tokens")
+            index = torch.arange(len(tokens), device=tokens.device)
+        params = (self.w_in, self.w_out, self.b_in, self.b_out)
+        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (tokens, weights, *params))
+        plan = _Plan(index, counts, self.kind, self.activation, save)
+        return _ExpertsFunction.apply(tokens, weights, *params, plan)
 
 
 class MoE(nn.Module):
@@ -110,10 +282,7 @@ class MoE(nn.Module):
         routing.kept = kept.view(num_tokens, k)
         self.last_routing = routing
         counts = torch.bincount(by_expert[keep], minlength=self.num_experts).tolist()
-        token_of = order // k
-        outputs = self.experts(tokens[token_of], counts)
-        weighted = outputs * routing.weights.reshape(-1)[order, None]
-        combined = torch.zeros_like(tokens).index_add_(0, token_of, weighted)
+        combined = self.experts(tokens, counts, index=order // k, weights=routing.weights.reshape(-1)[order])
         if self.shared is not None:
             for i in range(self.shared.num_experts):
                 combined = combined + self.shared.expert(i, tokens)

@@ -9,7 +9,7 @@ pass, each member as it would train alone. ``TrainingPool`` trains networks conc
 """
 
 from subnets.train.config import ONE_AT_A_TIME, Execution, TrainConfig, parse_duration
-from subnets.train.loop import TrainResult, evaluate, train
+from subnets.train.loop import StepHooks, TrainResult, evaluate, train
 from subnets.train.population import Population, evaluate_population, population_support, train_population
 from subnets.train.workers import TrainingPool, WorkerFailed
 
@@ -17,6 +17,7 @@ __all__ = [
     "ONE_AT_A_TIME",
     "Execution",
     "Population",
+    "StepHooks",
     "TrainConfig",
     "TrainResult",
     "TrainingPool",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,17 @@ from subnets.masks import Mask, MaskedParameters
 from subnets.progress import SILENT, Progress
 from subnets.train.config import TrainConfig, parse_duration
 from subnets.train.sparse import Sparsified, sparsify
+
+
+class StepHooks(Protocol):
+    """Extra work in each training step, for methods whose layers carry their own objectives (e.g. the
+    balancing of mixture-of-experts routers)."""
+
+    def extra_loss(self) -> torch.Tensor:
+        """A term added to the step's loss after the forward pass."""
+
+    def after_step(self) -> None:
+        """Called after each optimizer step."""
 
 
 @dataclass
@@ -168,6 +180,7 @@ def train(
     progress: Progress = SILENT,
     progress_key: str = "train",
     sparse_below: float = 0.0,
+    hooks: StepHooks | None = None,
 ) -> TrainResult:
     """Train ``model`` in place from ``start_iteration`` to the configured length.
 
@@ -176,12 +189,13 @@ def train(
     exactly zero. ``checkpoint_at`` lists iterations whose weights are copied into the result (iteration
     ``start_iteration`` included if listed). Model and data must already be on the same device.
     Masked linear layers whose density is below ``sparse_below`` train in sparse form
-    (:mod:`subnets.train.sparse`): the same result up to float rounding, less arithmetic.
+    (:mod:`subnets.train.sparse`): the same result up to float rounding, less arithmetic. ``hooks`` add a
+    loss term to each step and run after it; the curve's ``train_loss`` stays the cross-entropy alone.
     """
     sparse = sparsify(model, mask, sparse_below) if mask is not None and sparse_below > 0 else None
     try:
         return _train(model, data, config, seed, mask, start_iteration, checkpoint_at, progress, progress_key,
-                      sparse)
+                      sparse, hooks)
     finally:
         if sparse is not None:
             sparse.restore()
@@ -189,7 +203,7 @@ def train(
 
 def _train(model: nn.Module, data: Dataset, config: TrainConfig, seed: int, mask: Mask | None,
            start_iteration: int, checkpoint_at: tuple[int, ...], progress: Progress, progress_key: str,
-           sparse: Sparsified | None) -> TrainResult:
+           sparse: Sparsified | None, hooks: StepHooks | None) -> TrainResult:
     batches = Batches(data.x_train, data.y_train, config.batch_size, seed)
     setup = plan(config, [batches], start_iteration, [p for p in model.parameters() if p.requires_grad])
     optimizer = setup.optimizer
@@ -223,12 +237,14 @@ def _train(model: nn.Module, data: Dataset, config: TrainConfig, seed: int, mask
         x, y = batches.next()
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + hooks.extra_loss() if hooks is not None else loss).backward()
         if masked is not None:
             masked.mask_gradients()
         optimizer.step()
         if masked is not None:
             masked.mask_weights()
+        if hooks is not None:
+            hooks.after_step()
         running_loss += loss.detach()
         running_steps += 1
 
