@@ -15,7 +15,12 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "ta
 
 
 class MLP(nn.Module):
-    """Flatten, then linear layers ``fc1 .. fcN`` with an activation between them; ``fcN`` gives logits."""
+    """Flatten, then linear layers ``fc1 .. fcN`` with an activation between them; ``fcN`` gives logits.
+
+    ``act`` is the activation; ``act1 .. act{N-1}`` name its uses after each hidden layer (the same
+    parameter-free module), so that one of them can be replaced, e.g. when ``subnets.experts.moefy`` puts a
+    whole feed-forward block in the place of ``fc{i}``.
+    """
 
     def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int, activation: str = "relu"):
         super().__init__()
@@ -26,6 +31,8 @@ class MLP(nn.Module):
         # setattr, not a ModuleList, so that parameters are named "fc1.weight", "fc2.weight", ...
         for i in range(self.depth):
             setattr(self, f"fc{i + 1}", nn.Linear(widths[i], widths[i + 1]))
+        for i in range(1, self.depth):
+            setattr(self, f"act{i}", self.act)
 
     def layer(self, i: int) -> nn.Linear:
         """The ``i``-th linear layer, counting from 1."""
@@ -34,7 +41,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.flatten(x)
         for i in range(1, self.depth):
-            x = self.act(self.layer(i)(x))
+            x = getattr(self, f"act{i}")(self.layer(i)(x))
         return self.layer(self.depth)(x)
 
     def prunable_layers(self) -> dict[str, str]:
