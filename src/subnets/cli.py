@@ -17,6 +17,7 @@ from subnets.data import DatasetUnavailable, dataset_info
 from subnets.runs.progress import BarProgress
 from subnets.runs.recipe import RecipeError
 from subnets.runs.report import lottery_markdown, summarize_levels
+from subnets.runs.report_experts import TABLES, markdown_table
 from subnets.runs.runner import default_store, report, run_recipe, show
 from subnets.runs.store import RunBusy, Store, UnknownRun
 from subnets.train import Execution, WorkerFailed
@@ -122,7 +123,7 @@ def list_command(store_path: Path | None, as_json: bool) -> None:
 @click.argument("run")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout (stable format).")
-@click.option("--markdown", is_flag=True, help="A Markdown table (branches side by side) and the findings.")
+@click.option("--markdown", is_flag=True, help="A Markdown table (lottery: branches side by side, findings).")
 def show_command(run: str, store_path: Path | None, as_json: bool, markdown: bool) -> None:
     """Show a run (RUN is an id or a unique prefix of one)."""
     try:
@@ -132,13 +133,22 @@ def show_command(run: str, store_path: Path | None, as_json: bool, markdown: boo
     if as_json:
         click.echo(json.dumps(view))
         return
+    rows_of = TABLES.get(view["kind"])
     if markdown:
-        click.echo(lottery_markdown(view["levels"]), nl=False)
+        click.echo(markdown_table(rows_of(view["levels"])) if rows_of else lottery_markdown(view["levels"]), nl=False)
         return
     out.print(f"[bold]{view['name']}[/bold] {view['id']} ({view['kind']}) status: {view['status']}")
     if view["error"]:
         out.print(f"error: {view['error']}")
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    if rows_of:
+        rows = rows_of(view["levels"])
+        for header in rows[0] if rows else ():
+            table.add_column(header, justify="right")
+        for row in rows:
+            table.add_row(*row.values())
+        out.print(table)
+        return
     for header in ("level", "branch", "weights\n%", "test acc %\nat early stop", "test acc %\nat end",
                    "early stop\niteration", "seeds"):
         table.add_column(header, no_wrap=True, justify="left" if header == "branch" else "right")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from subnets.data.registry import dataset_names, validate_options
 
@@ -55,3 +55,23 @@ class ModelSpec(_RegisteredSpec):
         from subnets.models import model_names
 
         return model_names()
+
+
+def _distinct_seeds(seeds: list[int]) -> list[int]:
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError("seeds must be distinct non-negative integers")
+    return seeds
+
+
+Seeds = Annotated[list[int], Field(min_length=1), AfterValidator(_distinct_seeds)]
+"""``seeds``: one or more distinct non-negative integers, one repetition of the experiment each."""
+
+
+class ExperimentSpec(BaseModel):
+    """The fields every recipe has besides its ``kind``: a name, the seeds and the data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    seeds: Seeds
+    data: DataSpec

@@ -10,6 +10,8 @@ import torch
 from pydantic import BaseModel
 
 from subnets.data import load_dataset
+from subnets.experts.experiments import MoEConfig, MoEExperiment, MoefyConfig, MoefyExperiment
+from subnets.experts.moefy_minilm import MoefyMiniLMConfig, MoefyMiniLMExperiment
 from subnets.progress import Progress
 from subnets.steps import StepStore
 from subnets.tickets import LotteryConfig
@@ -46,6 +48,27 @@ def _prepare_lottery(config: LotteryConfig, device: torch.device, progress: Prog
     return Prepared(data.source, experiment.run)
 
 
+def _prepare_moe(config: MoEConfig, device: torch.device, progress: Progress, execution: Execution) -> Prepared:
+    config.data.check()
+    data = load_dataset(config.data.name, **config.data.options).to(device)
+    return Prepared(data.source, MoEExperiment(config, data, device, progress).run)
+
+
+def _prepare_moefy(config: MoefyConfig, device: torch.device, progress: Progress, execution: Execution) -> Prepared:
+    config.data.check()
+    data = load_dataset(config.data.name, **config.data.options).to(device)
+    return Prepared(data.source, MoefyExperiment(config, data, device, progress).run)
+
+
+def _prepare_moefy_minilm(config: MoefyMiniLMConfig, device: torch.device, progress: Progress,
+                          execution: Execution) -> Prepared:
+    experiment = MoefyMiniLMExperiment(config, device, progress)
+    return Prepared(experiment.source, experiment.run)
+
+
 KINDS: dict[str, Kind] = {
     "lottery": Kind("lottery", LotteryConfig, _prepare_lottery),
+    "moe": Kind("moe", MoEConfig, _prepare_moe),
+    "moefy": Kind("moefy", MoefyConfig, _prepare_moefy),
+    "moefy-minilm": Kind("moefy-minilm", MoefyMiniLMConfig, _prepare_moefy_minilm),
 }

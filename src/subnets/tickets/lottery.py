@@ -13,7 +13,7 @@ from subnets.data import Dataset
 from subnets.masks import Mask, global_magnitude, layerwise_magnitude, random_like_counts
 from subnets.models import build_model, prunable_layers
 from subnets.progress import SILENT, Progress
-from subnets.specs import DataSpec, ModelSpec
+from subnets.specs import ExperimentSpec, ModelSpec
 from subnets.steps import MemoryStepStore, StepStore, Tensors, derive_seed
 from subnets.train import (
     ONE_AT_A_TIME,
@@ -82,25 +82,13 @@ class PruneConfig(BaseModel):
         return [n for n, k in kinds.items() if n not in self.exclude and k not in self.exclude]
 
 
-class LotteryConfig(BaseModel):
+class LotteryConfig(ExperimentSpec):
     """A lottery-ticket recipe (``kind = "lottery"``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     kind: Literal["lottery"] = "lottery"
-    name: str = Field(min_length=1)
-    seeds: list[int] = Field(min_length=1)
-    data: DataSpec
     model: ModelSpec
     train: TrainConfig
     prune: PruneConfig
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, seeds: list[int]) -> list[int]:
-        if len(set(seeds)) != len(seeds) or min(seeds) < 0:
-            raise ValueError("seeds must be distinct non-negative integers")
-        return seeds
 
 
 def step_key(level: int, branch: str, seed: int) -> str:
