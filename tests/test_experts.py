@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from subnets.experts import MoE, Router
+from subnets.experts.layer import _Plan
 
 
 def _naive(moe: MoE, x: torch.Tensor) -> torch.Tensor:
@@ -55,6 +56,48 @@ def test_outputs_and_gradients_equal_a_per_token_reference(options: dict) -> Non
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert grads[1].abs().sum() > 0  # the router (first parameter) learns through the combine weights
+
+
+def _output_and_gradients(moe: MoE, x: torch.Tensor, probe: torch.Tensor, threads: int) -> list[torch.Tensor]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = x.detach().requires_grad_(True)
+        out = moe(x)
+        grads = torch.autograd.grad((out * probe).sum(), [x, *moe.parameters()])
+        assert torch.get_num_threads() == threads  # the workers' own counts do not leak into the caller
+        return [out.detach(), *grads]
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("options", [CONFIGS[0], CONFIGS[2], CONFIGS[6]])
+def test_experts_run_concurrently_on_several_threads_with_the_same_result(options: dict) -> None:
+    """With 3 threads, groups of experts run in 3 workers (``_Plan.shares``); the outputs and gradients equal
+    one thread's up to float rounding, are the same bits call after call, and the caller keeps its thread
+    count."""
+    torch.manual_seed(7)
+    moe = MoE(12, 20, **options)
+    x, probe = torch.randn(40, 12), torch.randn(40, 12)
+    alone = _output_and_gradients(moe, x, probe, threads=1)
+    together = _output_and_gradients(moe, x, probe, threads=3)
+    again = _output_and_gradients(moe, x, probe, threads=3)
+    for one, many, repeat in zip(alone, together, again, strict=True):
+        torch.testing.assert_close(many, one, atol=1e-5, rtol=1e-5)
+        assert torch.equal(many, repeat)
+
+
+def test_experts_are_dealt_to_workers_by_load() -> None:
+    """The busiest expert first, each to the worker with the fewest pairs so far; experts without pairs
+    get no worker."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        shares = _Plan(torch.zeros(0), [5, 40, 0, 30, 20, 10], "mlp", torch.relu, False).shares(torch.device("cpu"))
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert shares == [[1], [0, 3], [4, 5]]  # 40, 30 + 5 and 20 + 10 pairs
 
 
 def test_experts_compute_their_formulas() -> None:

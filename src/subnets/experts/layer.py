@@ -13,7 +13,9 @@ stacked, ``(E, ...)``, so fine-grained configurations (many small experts) are o
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,18 +41,93 @@ class _Plan:
     activation: Callable[[torch.Tensor], torch.Tensor]
     save: bool
 
-    def chunks(self) -> Iterator[tuple[int, int, int, bool]]:
-        """``(expert, start, stop, first)`` for each run of pairs of one expert (``first``: its first run)."""
-        start = 0
-        for expert, count in enumerate(self.counts):
+    def chunks(self, experts: Iterable[int] | None = None) -> Iterator[tuple[int, int, int, bool]]:
+        """``(expert, start, stop, first)`` for each run of pairs of one expert (``first``: its first run), for
+        every expert or for ``experts`` only."""
+        starts = [0] * len(self.counts)
+        for expert in range(1, len(self.counts)):
+            starts[expert] = starts[expert - 1] + self.counts[expert - 1]
+        for expert in range(len(self.counts)) if experts is None else experts:
+            count, start = self.counts[expert], starts[expert]
             size = -(-count // -(-count // CHUNK)) if count else 1
             for begin in range(start, start + count, size):
                 yield expert, begin, min(begin + size, start + count), begin == start
-            start += count
 
-    def largest(self) -> int:
+    def largest(self, experts: Iterable[int] | None = None) -> int:
         """The most pairs in one run."""
-        return max((stop - start for _, start, stop, _ in self.chunks()), default=0)
+        return max((stop - start for _, start, stop, _ in self.chunks(experts)), default=0)
+
+    def shares(self, device: torch.device) -> list[list[int]]:
+        """The experts with pairs, dealt to the workers that run them concurrently: on a CPU with several
+        threads, one worker per thread (at most one per expert), each taking the expert with the most pairs
+        left to the worker with the fewest so far; elsewhere one worker for all."""
+        busy = [e for e in sorted(range(len(self.counts)), key=lambda e: -self.counts[e]) if self.counts[e]]
+        workers = min(torch.get_num_threads(), len(busy)) if device.type == "cpu" else 1
+        if workers <= 1:
+            return [sorted(busy)]
+        shares: list[list[int]] = [[] for _ in range(workers)]
+        loads = [0] * workers
+        for expert in busy:
+            least = loads.index(min(loads))
+            shares[least].append(expert)
+            loads[least] += self.counts[expert]
+        return [sorted(share) for share in shares]
+
+
+class _Workers:
+    """Threads that run groups of experts at once on a CPU, each with its share of torch's threads.
+
+    Two experts' products side by side, each on one core, beat one product after another split across both
+    cores when experts are small: small products and element-wise steps scale poorly across threads. torch
+    releases the GIL inside every operator, so Python threads run them concurrently; each worker sets its own
+    thread count (per-thread in OpenMP and MKL), and the caller's is set again afterwards, since torch also
+    keeps the last value set as the default for threads it has not seen yet.
+    """
+
+    def __init__(self) -> None:
+        self.pool: ThreadPoolExecutor | None = None
+        self.size = 0
+        self.local = threading.local()
+        self.lock = threading.Lock()
+
+    def run(self, work: Callable[[list[int], int], None], shares: list[list[int]]) -> None:
+        """``work(share, i)`` for every share, concurrently when there are several; waits for all."""
+        if len(shares) == 1:
+            work(shares[0], 0)
+            return
+        threads = torch.get_num_threads()
+        with self.lock:  # callers on several threads share the pool
+            if self.pool is None or self.size < len(shares):
+                if self.pool is not None:
+                    self.pool.shutdown(wait=False)  # work already submitted to it still runs
+                self.pool = ThreadPoolExecutor(len(shares), thread_name_prefix="subnets-experts")
+                self.size = len(shares)
+            pool = self.pool
+        each = max(1, threads // len(shares))
+
+        def task(share: list[int], i: int) -> None:
+            if getattr(self.local, "threads", None) != each:
+                torch.set_num_threads(each)
+                self.local.threads = each
+            with torch.no_grad():  # grad mode is per thread; the work is the inside of an autograd.Function
+                work(share, i)
+
+        try:
+            for future in [pool.submit(task, share, i) for i, share in enumerate(shares)]:
+                future.result()
+        finally:
+            torch.set_num_threads(threads)
+
+
+_WORKERS = _Workers()
+
+
+def _add_parts(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of per-worker results, in worker order (deterministic)."""
+    total = parts[0]
+    for part in parts[1:]:
+        total += part
+    return total
 
 
 class _Buffers:
@@ -86,34 +163,42 @@ class _ExpertsFunction(torch.autograd.Function):
     it run by run: weight gradients are written in place into one ``(E, ...)`` tensor (autograd through
     ``w_in[i]`` would allocate and add a full-size gradient per expert), and the routing-weight gradient is
     the dot product of the incoming gradient with the unweighted output, taken at the hidden width.
+    On a CPU with several threads, groups of experts run concurrently (``_Plan.shares``, ``_Workers``): each
+    worker adds into its own result, and the results are summed in a fixed order, so outputs do not depend
+    on which worker finished first.
     """
 
     @staticmethod
     def forward(ctx, tokens: torch.Tensor, weights: torch.Tensor | None, w_in: torch.Tensor, w_out: torch.Tensor,
                 b_in: torch.Tensor | None, b_out: torch.Tensor | None, plan: _Plan) -> torch.Tensor:
         width, hidden_width, out_width = w_in.shape[-1], w_out.shape[-2], w_out.shape[-1]
-        result = tokens.new_zeros(len(tokens), out_width)
+        shares = plan.shares(tokens.device)
+        results = [tokens.new_zeros(len(tokens), out_width) for _ in shares]
         saved = tokens.new_empty(len(plan.index), width) if plan.save else None
-        buffer = _Buffers(tokens, plan.largest(), x=tokens.shape[-1], hidden=0 if plan.save else width,
-                          activated=hidden_width, output=out_width)
-        for expert, start, stop, _ in plan.chunks():
-            rows, n = plan.index[start:stop], stop - start
-            x = torch.index_select(tokens, 0, rows, out=buffer("x", n))
-            hidden = torch.mm(x, w_in[expert], out=saved[start:stop] if plan.save else buffer("hidden", n))
-            if b_in is not None:
-                hidden += b_in[expert]
-            activated = buffer("activated", n)
-            _activate(plan, hidden, activated)
-            output = torch.mm(activated, w_out[expert], out=buffer("output", n))
-            if b_out is not None:
-                output += b_out[expert]
-            if weights is not None:
-                output *= weights[start:stop, None]
-            result.index_add_(0, rows, output)
+
+        def work(experts: list[int], i: int) -> None:
+            buffer = _Buffers(tokens, plan.largest(experts), x=tokens.shape[-1], hidden=0 if plan.save else width,
+                              activated=hidden_width, output=out_width)
+            for expert, start, stop, _ in plan.chunks(experts):
+                rows, n = plan.index[start:stop], stop - start
+                x = torch.index_select(tokens, 0, rows, out=buffer("x", n))
+                hidden = torch.mm(x, w_in[expert], out=saved[start:stop] if plan.save else buffer("hidden", n))
+                if b_in is not None:
+                    hidden += b_in[expert]
+                activated = buffer("activated", n)
+                _activate(plan, hidden, activated)
+                output = torch.mm(activated, w_out[expert], out=buffer("output", n))
+                if b_out is not None:
+                    output += b_out[expert]
+                if weights is not None:
+                    output *= weights[start:stop, None]
+                results[i].index_add_(0, rows, output)
+
+        _WORKERS.run(work, shares)
         if plan.save:
             ctx.plan = plan
             ctx.save_for_backward(tokens, weights, w_in, w_out, b_in, b_out, saved)
-        return result
+        return _add_parts(results)
 
     @staticmethod
     @once_differentiable
@@ -122,7 +207,8 @@ class _ExpertsFunction(torch.autograd.Function):
         plan: _Plan = ctx.plan
         need = ctx.needs_input_grad
         dim, width, hidden_width, out_width = tokens.shape[-1], w_in.shape[-1], w_out.shape[-2], w_out.shape[-1]
-        grad_tokens = torch.zeros_like(tokens) if need[0] else None
+        shares = plan.shares(tokens.device)
+        grad_tokens = [torch.zeros_like(tokens) for _ in shares] if need[0] else None
         grad_weights = torch.empty_like(weights) if weights is not None and need[1] else None
         grad_w_in, grad_w_out = torch.empty_like(w_in), torch.empty_like(w_out)
         grad_b_in = torch.empty_like(b_in) if b_in is not None else None
@@ -133,53 +219,59 @@ class _ExpertsFunction(torch.autograd.Function):
                     if grad is not None:
                         grad[expert].zero_()
         grad_result = grad_result.contiguous()
-        buffer = _Buffers(tokens, plan.largest(), grad_output=out_width, activated=hidden_width,
-                          silu=hidden_width if plan.kind == "swiglu" else 0, grad_activated=hidden_width,
-                          product=hidden_width, grad_hidden=width, x=dim, grad_x=dim)
         scale_activated = hidden_width <= out_width  # scale the narrower factor of the w_out gradient
-        for expert, start, stop, first in plan.chunks():
-            rows, n = plan.index[start:stop], stop - start
-            grad_output = torch.index_select(grad_result, 0, rows, out=buffer("grad_output", n))
-            hidden = saved[start:stop]
-            activated, silu = buffer("activated", n), buffer("silu", n)
-            _activate(plan, hidden, activated, silu)
-            grad_activated = torch.mm(grad_output, w_out[expert].T, out=buffer("grad_activated", n))
-            if grad_weights is not None:  # d/dw of w * output: <grad_output, output> = <grad_activated, activated>
-                product = torch.mul(grad_activated, activated, out=buffer("product", n))
-                torch.sum(product, -1, out=grad_weights[start:stop])
-                if b_out is not None:
-                    grad_weights[start:stop] += grad_output @ b_out[expert]
-            if weights is not None:
-                scale = weights[start:stop]
-                grad_activated *= scale[:, None]
-                (activated if scale_activated else grad_output).mul_(scale[:, None])
-            grad_out = grad_w_out[expert]
-            torch.mm(activated.T, grad_output, out=grad_out) if first else grad_out.addmm_(activated.T, grad_output)
-            if grad_b_out is not None:
-                if weights is not None and scale_activated:
-                    bias = torch.mv(grad_output.T, scale)
+
+        def work(experts: list[int], i: int) -> None:
+            buffer = _Buffers(tokens, plan.largest(experts), grad_output=out_width, activated=hidden_width,
+                              silu=hidden_width if plan.kind == "swiglu" else 0, grad_activated=hidden_width,
+                              product=hidden_width, grad_hidden=width, x=dim, grad_x=dim)
+            for expert, start, stop, first in plan.chunks(experts):
+                rows, n = plan.index[start:stop], stop - start
+                grad_output = torch.index_select(grad_result, 0, rows, out=buffer("grad_output", n))
+                hidden = saved[start:stop]
+                activated, silu = buffer("activated", n), buffer("silu", n)
+                _activate(plan, hidden, activated, silu)
+                grad_activated = torch.mm(grad_output, w_out[expert].T, out=buffer("grad_activated", n))
+                if grad_weights is not None:  # d/dw of w * output: <grad_output, output> = <grad_activated, activated>
+                    product = torch.mul(grad_activated, activated, out=buffer("product", n))
+                    torch.sum(product, -1, out=grad_weights[start:stop])
+                    if b_out is not None:
+                        grad_weights[start:stop] += grad_output @ b_out[expert]
+                if weights is not None:
+                    scale = weights[start:stop]
+                    grad_activated *= scale[:, None]
+                    (activated if scale_activated else grad_output).mul_(scale[:, None])
+                grad_out = grad_w_out[expert]
+                torch.mm(activated.T, grad_output, out=grad_out) if first else grad_out.addmm_(activated.T, grad_output)
+                if grad_b_out is not None:
+                    if weights is not None and scale_activated:
+                        bias = torch.mv(grad_output.T, scale)
+                    else:
+                        bias = grad_output.sum(0)
+                    grad_b_out[expert] = bias if first else grad_b_out[expert] + bias
+                grad_hidden = buffer("grad_hidden", n)
+                if plan.kind == "swiglu":
+                    gate, up = hidden.chunk(2, dim=-1)
+                    product = torch.mul(grad_activated, up, out=buffer("product", n))
+                    torch.ops.aten.silu_backward.grad_input(product, gate, grad_input=grad_hidden[:, :hidden_width])
+                    torch.mul(grad_activated, silu, out=grad_hidden[:, hidden_width:])
+                elif plan.activation is F.gelu:
+                    torch.ops.aten.gelu_backward.grad_input(grad_activated, hidden, grad_input=grad_hidden)
                 else:
-                    bias = grad_output.sum(0)
-                grad_b_out[expert] = bias if first else grad_b_out[expert] + bias
-            grad_hidden = buffer("grad_hidden", n)
-            if plan.kind == "swiglu":
-                gate, up = hidden.chunk(2, dim=-1)
-                product = torch.mul(grad_activated, up, out=buffer("product", n))
-                torch.ops.aten.silu_backward.grad_input(product, gate, grad_input=grad_hidden[:, :hidden_width])
-                torch.mul(grad_activated, silu, out=grad_hidden[:, hidden_width:])
-            elif plan.activation is F.gelu:
-                torch.ops.aten.gelu_backward.grad_input(grad_activated, hidden, grad_input=grad_hidden)
-            else:
-                torch.ops.aten.threshold_backward.grad_input(grad_activated, hidden, 0, grad_input=grad_hidden)
-            if grad_b_in is not None:
-                bias = grad_hidden.sum(0)
-                grad_b_in[expert] = bias if first else grad_b_in[expert] + bias
-            x = torch.index_select(tokens, 0, rows, out=buffer("x", n))
-            grad_in = grad_w_in[expert]
-            torch.mm(x.T, grad_hidden, out=grad_in) if first else grad_in.addmm_(x.T, grad_hidden)
-            if grad_tokens is not None:
-                grad_tokens.index_add_(0, rows, torch.mm(grad_hidden, w_in[expert].T, out=buffer("grad_x", n)))
-        return grad_tokens, grad_weights, grad_w_in, grad_w_out, grad_b_in, grad_b_out, None
+                    torch.ops.aten.threshold_backward.grad_input(grad_activated, hidden, 0, grad_input=grad_hidden)
+                if grad_b_in is not None:
+                    bias = grad_hidden.sum(0)
+                    grad_b_in[expert] = bias if first else grad_b_in[expert] + bias
+                x = torch.index_select(tokens, 0, rows, out=buffer("x", n))
+                grad_in = grad_w_in[expert]
+                torch.mm(x.T, grad_hidden, out=grad_in) if first else grad_in.addmm_(x.T, grad_hidden)
+                if grad_tokens is not None:
+                    grad_x = torch.mm(grad_hidden, w_in[expert].T, out=buffer("grad_x", n))
+                    grad_tokens[i].index_add_(0, rows, grad_x)
+
+        _WORKERS.run(work, shares)
+        return (None if grad_tokens is None else _add_parts(grad_tokens), grad_weights, grad_w_in, grad_w_out,
+                grad_b_in, grad_b_out, None)
 
 
 class Experts(nn.Module):
