@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
 from subnets.experts import MoE, Router
-from subnets.experts.layer import _Plan
+from subnets.experts.layer import _Plan, _Workers
 
 
 def _naive(moe: MoE, x: torch.Tensor) -> torch.Tensor:
@@ -73,9 +75,9 @@ def _output_and_gradients(moe: MoE, x: torch.Tensor, probe: torch.Tensor, thread
 
 @pytest.mark.parametrize("options", [CONFIGS[0], CONFIGS[2], CONFIGS[6]])
 def test_experts_run_concurrently_on_several_threads_with_the_same_result(options: dict) -> None:
-    """With 3 threads, groups of experts run in 3 workers (``_Plan.shares``); the outputs and gradients equal
-    one thread's up to float rounding, are the same bits call after call, and the caller keeps its thread
-    count."""
+    """With 3 threads, experts run in 3 workers, each taking the next expert when it is free; the outputs
+    and gradients equal one thread's up to float rounding, are the same bits call after call (whichever
+    worker ran which expert), and the caller keeps its thread count."""
     torch.manual_seed(7)
     moe = MoE(12, 20, **options)
     x, probe = torch.randn(40, 12), torch.randn(40, 12)
@@ -87,17 +89,30 @@ def test_experts_run_concurrently_on_several_threads_with_the_same_result(option
         assert torch.equal(many, repeat)
 
 
-def test_experts_are_dealt_to_workers_by_load() -> None:
-    """The busiest expert first, each to the worker with the fewest pairs so far; experts without pairs
-    get no worker."""
+def test_each_worker_runs_with_its_share_of_the_threads_call_after_call() -> None:
+    """torch sets a new thread's count from its default at the thread's first operator; a worker whose first
+    call ran no operator must still run the next call's experts on one thread (else its products, summed
+    differently, change the result's last bits)."""
+    workers, seen = _Workers(), []
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        shares = _Plan(torch.zeros(0), [5, 40, 0, 30, 20, 10], "mlp", torch.relu, False).shares(torch.device("cpu"))
-        assert torch.get_num_threads() == 3
+        for record in (False, True, True):
+            def work(expert: int, scratch: object, record: bool = record) -> None:
+                time.sleep(0.05)  # long enough that each worker takes one expert
+                if record:
+                    seen.append(torch.get_num_threads())
+            workers.run(work, [0, 1, 2], torch.device("cpu"), lambda: None)
+            assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
-    assert shares == [[1], [0, 3], [4, 5]]  # 40, 30 + 5 and 20 + 10 pairs
+    assert seen == [1] * 6
+
+
+def test_workers_take_the_busiest_experts_first_and_skip_idle_ones() -> None:
+    plan = _Plan(torch.zeros(0), [5, 40, 0, 30, 20, 10], "mlp", torch.relu, False)
+    assert plan.busiest_first() == [1, 3, 4, 5, 0]
+    assert [list(plan.chunks(e)) for e in (0, 2, 3)] == [[(0, 5, True)], [], [(45, 75, True)]]
 
 
 def test_experts_compute_their_formulas() -> None:

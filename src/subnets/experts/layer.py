@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -41,79 +41,86 @@ class _Plan:
     activation: Callable[[torch.Tensor], torch.Tensor]
     save: bool
 
-    def chunks(self, experts: Iterable[int] | None = None) -> Iterator[tuple[int, int, int, bool]]:
-        """``(expert, start, stop, first)`` for each run of pairs of one expert (``first``: its first run), for
-        every expert or for ``experts`` only."""
-        starts = [0] * len(self.counts)
+    def __post_init__(self) -> None:
+        self.starts = [0] * len(self.counts)
         for expert in range(1, len(self.counts)):
-            starts[expert] = starts[expert - 1] + self.counts[expert - 1]
-        for expert in range(len(self.counts)) if experts is None else experts:
-            count, start = self.counts[expert], starts[expert]
-            size = -(-count // -(-count // CHUNK)) if count else 1
-            for begin in range(start, start + count, size):
-                yield expert, begin, min(begin + size, start + count), begin == start
+            self.starts[expert] = self.starts[expert - 1] + self.counts[expert - 1]
 
-    def largest(self, experts: Iterable[int] | None = None) -> int:
+    def chunks(self, expert: int) -> Iterator[tuple[int, int, bool]]:
+        """``(start, stop, first)`` for each run of ``expert``'s pairs (``first``: its first run)."""
+        count, start = self.counts[expert], self.starts[expert]
+        size = -(-count // -(-count // CHUNK)) if count else 1
+        for begin in range(start, start + count, size):
+            yield begin, min(begin + size, start + count), begin == start
+
+    def largest(self) -> int:
         """The most pairs in one run."""
-        return max((stop - start for _, start, stop, _ in self.chunks(experts)), default=0)
+        return max((stop - start for e in range(len(self.counts)) for start, stop, _ in self.chunks(e)), default=0)
 
-    def shares(self, device: torch.device) -> list[list[int]]:
-        """The experts with pairs, dealt to the workers that run them concurrently: on a CPU with several
-        threads, one worker per thread (at most one per expert), each taking the expert with the most pairs
-        left to the worker with the fewest so far; elsewhere one worker for all."""
-        busy = [e for e in sorted(range(len(self.counts)), key=lambda e: -self.counts[e]) if self.counts[e]]
-        workers = min(torch.get_num_threads(), len(busy)) if device.type == "cpu" else 1
-        if workers <= 1:
-            return [sorted(busy)]
-        shares: list[list[int]] = [[] for _ in range(workers)]
-        loads = [0] * workers
-        for expert in busy:
-            least = loads.index(min(loads))
-            shares[least].append(expert)
-            loads[least] += self.counts[expert]
-        return [sorted(share) for share in shares]
+    def busiest_first(self) -> list[int]:
+        """The experts with pairs, most pairs first: the order workers take them in."""
+        return [e for e in sorted(range(len(self.counts)), key=lambda e: -self.counts[e]) if self.counts[e]]
 
 
 class _Workers:
-    """Threads that run groups of experts at once on a CPU, each with its share of torch's threads.
+    """Threads that run experts at once on a CPU, each expert on one thread.
 
-    Two experts' products side by side, each on one core, beat one product after another split across both
-    cores when experts are small: small products and element-wise steps scale poorly across threads. torch
-    releases the GIL inside every operator, so Python threads run them concurrently; each worker sets its own
-    thread count (per-thread in OpenMP and MKL), and the caller's is set again afterwards, since torch also
-    keeps the last value set as the default for threads it has not seen yet.
+    Small experts' products and element-wise steps scale poorly across threads; two experts side by side,
+    each on one core, do better. torch releases the GIL inside every operator, so Python threads run them
+    concurrently. Each worker takes the next expert from a shared list (busiest first) as soon as it is
+    free, so a worker slowed down by something else on its core simply runs fewer experts; every expert
+    writes only its own rows, so results do not depend on which worker ran what. Each worker sets its own
+    torch thread count (per thread in OpenMP and MKL), and the caller's count is set again afterwards,
+    since torch also keeps the last value set as the default for threads it has not seen yet.
     """
 
     def __init__(self) -> None:
         self.pool: ThreadPoolExecutor | None = None
         self.size = 0
-        self.local = threading.local()
         self.lock = threading.Lock()
 
-    def run(self, work: Callable[[list[int], int], None], shares: list[list[int]]) -> None:
-        """``work(share, i)`` for every share, concurrently when there are several; waits for all."""
-        if len(shares) == 1:
-            work(shares[0], 0)
+    def count(self, experts: list[int], device: torch.device) -> int:
+        """How many workers run ``experts``: one per torch thread (at most one per expert) on a CPU, else 1."""
+        return min(torch.get_num_threads(), len(experts)) if device.type == "cpu" else 1
+
+    def run(self, work: Callable[[int, _Buffers], None], experts: list[int], device: torch.device,
+            buffers: Callable[[], _Buffers]) -> None:
+        """``work(expert, scratch)`` for every expert, concurrently where :meth:`count` says so; waits for all.
+        ``buffers()`` makes one worker's scratch tensors."""
+        workers = self.count(experts, device)
+        if workers <= 1:
+            scratch = buffers()
+            for expert in experts:
+                work(expert, scratch)
             return
         threads = torch.get_num_threads()
         with self.lock:  # callers on several threads share the pool
-            if self.pool is None or self.size < len(shares):
+            if self.pool is None or self.size < workers:
                 if self.pool is not None:
                     self.pool.shutdown(wait=False)  # work already submitted to it still runs
-                self.pool = ThreadPoolExecutor(len(shares), thread_name_prefix="subnets-experts")
-                self.size = len(shares)
+                self.pool = ThreadPoolExecutor(workers, thread_name_prefix="subnets-experts")
+                self.size = workers
             pool = self.pool
-        each = max(1, threads // len(shares))
+        each = max(1, threads // workers)
+        queue = iter(experts)
+        taking = threading.Lock()
 
-        def task(share: list[int], i: int) -> None:
-            if getattr(self.local, "threads", None) != each:
+        def task() -> None:
+            # Asking first matters: torch sets a thread's count from its last-set default at the thread's
+            # first operator, which would undo a count set before it.
+            if torch.get_num_threads() != each:
                 torch.set_num_threads(each)
-                self.local.threads = each
+            scratch = buffers()
             with torch.no_grad():  # grad mode is per thread; the work is the inside of an autograd.Function
-                work(share, i)
+                while True:
+                    with taking:
+                        expert = next(queue, None)
+                    if expert is None:
+                        return
+                    work(expert, scratch)
 
         try:
-            for future in [pool.submit(task, share, i) for i, share in enumerate(shares)]:
+            for future in [pool.submit(task) for _ in range(workers)]:
                 future.result()
         finally:
             torch.set_num_threads(threads)
@@ -122,12 +129,27 @@ class _Workers:
 _WORKERS = _Workers()
 
 
-def _add_parts(parts: list[torch.Tensor]) -> torch.Tensor:
-    """The sum of per-worker results, in worker order (deterministic)."""
-    total = parts[0]
-    for part in parts[1:]:
-        total += part
-    return total
+class _Workspace(threading.local):
+    """Large scratch tensors kept from call to call, one set per thread: on a CPU a fresh tensor of tens of
+    MB costs a page fault per 4 kB page every call (about as much as the arithmetic of a small expert
+    layer). Other devices' allocators cache memory already, so there a new tensor is made each time."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def __call__(self, name: str, like: torch.Tensor, rows: int, width: int) -> torch.Tensor:
+        """A ``(rows, width)`` tensor of ``like``'s device and dtype, valid until this thread next asks for
+        ``name``; its contents are undefined."""
+        if like.device.type != "cpu":
+            return like.new_empty(rows, width)
+        key = (name, like.device, like.dtype)
+        held = self.tensors.get(key)
+        if held is None or held.numel() < rows * width:
+            held = self.tensors[key] = like.new_empty(rows * width)
+        return held[: rows * width].view(rows, width)
+
+
+_WORKSPACE = _Workspace()
 
 
 class _Buffers:
@@ -158,28 +180,27 @@ class _ExpertsFunction(torch.autograd.Function):
 
     Pair ``p`` (sorted by expert) reads row ``index[p]`` of ``tokens``, runs through its expert and adds its
     output times ``weights[p]`` into row ``index[p]`` of the result. Each expert runs on its pairs in equal
-    runs of at most ``CHUNK``, every intermediate written into scratch buffers reused from run to run: the
-    only tensors of ``T * k`` rows are the pre-activations saved for backward. The backward pass mirrors
-    it run by run: weight gradients are written in place into one ``(E, ...)`` tensor (autograd through
-    ``w_in[i]`` would allocate and add a full-size gradient per expert), and the routing-weight gradient is
-    the dot product of the incoming gradient with the unweighted output, taken at the hidden width.
-    On a CPU with several threads, groups of experts run concurrently (``_Plan.shares``, ``_Workers``): each
-    worker adds into its own result, and the results are summed in a fixed order, so outputs do not depend
-    on which worker finished first.
+    runs of at most ``CHUNK``, intermediates written into scratch buffers reused from run to run; each pair's
+    weighted output goes to its own row of a pair-sized workspace, and one ``index_add_`` at the end adds
+    them into their tokens' rows (in pair order, so the sums do not depend on which worker ran which
+    expert). The pre-activations are saved for backward. The backward pass mirrors it run by run: weight
+    gradients are written in place into one ``(E, ...)`` tensor (autograd through ``w_in[i]`` would allocate
+    and add a full-size gradient per expert), the routing-weight gradient is the dot product of the incoming
+    gradient with the unweighted output, taken at the hidden width, and the token gradient is gathered like
+    the output. On a CPU with several threads experts run concurrently (:class:`_Workers`).
     """
 
     @staticmethod
     def forward(ctx, tokens: torch.Tensor, weights: torch.Tensor | None, w_in: torch.Tensor, w_out: torch.Tensor,
                 b_in: torch.Tensor | None, b_out: torch.Tensor | None, plan: _Plan) -> torch.Tensor:
         width, hidden_width, out_width = w_in.shape[-1], w_out.shape[-2], w_out.shape[-1]
-        shares = plan.shares(tokens.device)
-        results = [tokens.new_zeros(len(tokens), out_width) for _ in shares]
-        saved = tokens.new_empty(len(plan.index), width) if plan.save else None
+        pairs = len(plan.index)
+        saved = tokens.new_empty(pairs, width) if plan.save else None
+        outputs = _WORKSPACE("pairs", tokens, pairs, out_width)
+        scale_activated = weights is not None and b_out is None and hidden_width < out_width
 
-        def work(experts: list[int], i: int) -> None:
-            buffer = _Buffers(tokens, plan.largest(experts), x=tokens.shape[-1], hidden=0 if plan.save else width,
-                              activated=hidden_width, output=out_width)
-            for expert, start, stop, _ in plan.chunks(experts):
+        def work(expert: int, buffer: _Buffers) -> None:
+            for start, stop, _ in plan.chunks(expert):
                 rows, n = plan.index[start:stop], stop - start
                 x = torch.index_select(tokens, 0, rows, out=buffer("x", n))
                 hidden = torch.mm(x, w_in[expert], out=saved[start:stop] if plan.save else buffer("hidden", n))
@@ -187,18 +208,21 @@ class _ExpertsFunction(torch.autograd.Function):
                     hidden += b_in[expert]
                 activated = buffer("activated", n)
                 _activate(plan, hidden, activated)
-                output = torch.mm(activated, w_out[expert], out=buffer("output", n))
+                if scale_activated:  # (w a) W = w (a W), on the narrower side
+                    activated *= weights[start:stop, None]
+                output = torch.mm(activated, w_out[expert], out=outputs[start:stop])
                 if b_out is not None:
                     output += b_out[expert]
-                if weights is not None:
+                if weights is not None and not scale_activated:
                     output *= weights[start:stop, None]
-                results[i].index_add_(0, rows, output)
 
-        _WORKERS.run(work, shares)
+        largest = plan.largest()
+        _WORKERS.run(work, plan.busiest_first(), tokens.device, lambda: _Buffers(
+            tokens, largest, x=tokens.shape[-1], hidden=0 if plan.save else width, activated=hidden_width))
         if plan.save:
             ctx.plan = plan
             ctx.save_for_backward(tokens, weights, w_in, w_out, b_in, b_out, saved)
-        return _add_parts(results)
+        return tokens.new_zeros(len(tokens), out_width).index_add_(0, plan.index, outputs)
 
     @staticmethod
     @once_differentiable
@@ -207,8 +231,7 @@ class _ExpertsFunction(torch.autograd.Function):
         plan: _Plan = ctx.plan
         need = ctx.needs_input_grad
         dim, width, hidden_width, out_width = tokens.shape[-1], w_in.shape[-1], w_out.shape[-2], w_out.shape[-1]
-        shares = plan.shares(tokens.device)
-        grad_tokens = [torch.zeros_like(tokens) for _ in shares] if need[0] else None
+        grad_pairs = _WORKSPACE("pairs", tokens, len(plan.index), dim) if need[0] else None
         grad_weights = torch.empty_like(weights) if weights is not None and need[1] else None
         grad_w_in, grad_w_out = torch.empty_like(w_in), torch.empty_like(w_out)
         grad_b_in = torch.empty_like(b_in) if b_in is not None else None
@@ -221,11 +244,8 @@ class _ExpertsFunction(torch.autograd.Function):
         grad_result = grad_result.contiguous()
         scale_activated = hidden_width <= out_width  # scale the narrower factor of the w_out gradient
 
-        def work(experts: list[int], i: int) -> None:
-            buffer = _Buffers(tokens, plan.largest(experts), grad_output=out_width, activated=hidden_width,
-                              silu=hidden_width if plan.kind == "swiglu" else 0, grad_activated=hidden_width,
-                              product=hidden_width, grad_hidden=width, x=dim, grad_x=dim)
-            for expert, start, stop, first in plan.chunks(experts):
+        def work(expert: int, buffer: _Buffers) -> None:
+            for start, stop, first in plan.chunks(expert):
                 rows, n = plan.index[start:stop], stop - start
                 grad_output = torch.index_select(grad_result, 0, rows, out=buffer("grad_output", n))
                 hidden = saved[start:stop]
@@ -265,13 +285,18 @@ class _ExpertsFunction(torch.autograd.Function):
                 x = torch.index_select(tokens, 0, rows, out=buffer("x", n))
                 grad_in = grad_w_in[expert]
                 torch.mm(x.T, grad_hidden, out=grad_in) if first else grad_in.addmm_(x.T, grad_hidden)
-                if grad_tokens is not None:
-                    grad_x = torch.mm(grad_hidden, w_in[expert].T, out=buffer("grad_x", n))
-                    grad_tokens[i].index_add_(0, rows, grad_x)
+                if grad_pairs is not None:
+                    torch.mm(grad_hidden, w_in[expert].T, out=grad_pairs[start:stop])
 
-        _WORKERS.run(work, shares)
-        return (None if grad_tokens is None else _add_parts(grad_tokens), grad_weights, grad_w_in, grad_w_out,
-                grad_b_in, grad_b_out, None)
+        largest = plan.largest()
+        _WORKERS.run(work, plan.busiest_first(), tokens.device, lambda: _Buffers(
+            tokens, largest, grad_output=out_width, activated=hidden_width,
+            silu=hidden_width if plan.kind == "swiglu" else 0, grad_activated=hidden_width, product=hidden_width,
+            grad_hidden=width, x=dim))
+        grad_tokens = None
+        if grad_pairs is not None:
+            grad_tokens = torch.zeros_like(tokens).index_add_(0, plan.index, grad_pairs)
+        return grad_tokens, grad_weights, grad_w_in, grad_w_out, grad_b_in, grad_b_out, None
 
 
 class Experts(nn.Module):
