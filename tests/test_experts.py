@@ -89,6 +89,30 @@ def test_experts_run_concurrently_on_several_threads_with_the_same_result(option
         assert torch.equal(many, repeat)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "swiglu"])
+def test_experts_give_the_same_bits_alone_and_in_workers(kind: str) -> None:
+    """Each token sums its pairs in pair order whether one worker adds as it goes or several workers fill a
+    workspace that one ``index_add_`` sums, so the experts' outputs and gradients do not depend on the
+    number of threads at all (the router's own products may)."""
+    torch.manual_seed(8)
+    experts = MoE(12, 20, num_experts=6, k=2, kind=kind).experts
+    index = torch.randint(0, 50, (100,))
+    counts, weights, probe = [30, 0, 25, 20, 15, 10], torch.rand(100), torch.randn(50, 12)
+    tokens = torch.randn(50, 12)
+    before = torch.get_num_threads()
+    results = []
+    for threads in (1, 3):
+        torch.set_num_threads(threads)
+        try:
+            x, w = tokens.clone().requires_grad_(True), weights.clone().requires_grad_(True)
+            out = experts(x, counts, index=index, weights=w)
+            results.append([out, *torch.autograd.grad((out * probe).sum(), [x, w, *experts.parameters()])])
+        finally:
+            torch.set_num_threads(before)
+    for alone, together in zip(*results, strict=True):
+        assert torch.equal(alone, together)
+
+
 def test_each_worker_runs_with_its_share_of_the_threads_call_after_call() -> None:
     """torch sets a new thread's count from its default at the thread's first operator; a worker whose first
     call ran no operator must still run the next call's experts on one thread (else its products, summed

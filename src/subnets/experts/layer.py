@@ -88,9 +88,9 @@ class _Workers:
         """``work(expert, scratch)`` for every expert, concurrently where :meth:`count` says so; waits for all.
         ``buffers()`` makes one worker's scratch tensors."""
         workers = self.count(experts, device)
-        if workers <= 1:
+        if workers <= 1:  # alone: in expert order, so that adding as it goes sums each token's pairs in order
             scratch = buffers()
-            for expert in experts:
+            for expert in sorted(experts):
                 work(expert, scratch)
             return
         threads = torch.get_num_threads()
@@ -180,23 +180,28 @@ class _ExpertsFunction(torch.autograd.Function):
 
     Pair ``p`` (sorted by expert) reads row ``index[p]`` of ``tokens``, runs through its expert and adds its
     output times ``weights[p]`` into row ``index[p]`` of the result. Each expert runs on its pairs in equal
-    runs of at most ``CHUNK``, intermediates written into scratch buffers reused from run to run; each pair's
-    weighted output goes to its own row of a pair-sized workspace, and one ``index_add_`` at the end adds
-    them into their tokens' rows (in pair order, so the sums do not depend on which worker ran which
-    expert). The pre-activations are saved for backward. The backward pass mirrors it run by run: weight
-    gradients are written in place into one ``(E, ...)`` tensor (autograd through ``w_in[i]`` would allocate
-    and add a full-size gradient per expert), the routing-weight gradient is the dot product of the incoming
-    gradient with the unweighted output, taken at the hidden width, and the token gradient is gathered like
-    the output. On a CPU with several threads experts run concurrently (:class:`_Workers`).
+    runs of at most ``CHUNK``, intermediates written into scratch buffers reused from run to run. One worker
+    adds each run's outputs into their tokens' rows at once; several workers write each pair's output to
+    its own row of a pair-sized workspace, and one ``index_add_`` at the end adds them into their tokens'
+    rows. Either way a token's row sums its pairs in pair order, so results do not depend on the number of
+    workers or on which worker ran which expert. The pre-activations are saved for backward.
+
+    The backward pass mirrors it run by run: weight gradients are written in place into one ``(E, ...)``
+    tensor (autograd through ``w_in[i]`` would allocate and add a full-size gradient per expert), the
+    routing-weight gradient is the dot product of the incoming gradient with the unweighted output, taken at
+    the hidden width, and the token gradient is combined like the output. On a CPU with several threads
+    experts run concurrently (:class:`_Workers`).
     """
 
     @staticmethod
     def forward(ctx, tokens: torch.Tensor, weights: torch.Tensor | None, w_in: torch.Tensor, w_out: torch.Tensor,
                 b_in: torch.Tensor | None, b_out: torch.Tensor | None, plan: _Plan) -> torch.Tensor:
         width, hidden_width, out_width = w_in.shape[-1], w_out.shape[-2], w_out.shape[-1]
-        pairs = len(plan.index)
+        pairs, experts = len(plan.index), plan.busiest_first()
         saved = tokens.new_empty(pairs, width) if plan.save else None
-        outputs = _WORKSPACE("pairs", tokens, pairs, out_width)
+        result = tokens.new_zeros(len(tokens), out_width)
+        direct = _WORKERS.count(experts, tokens.device) == 1  # one worker adds each run's outputs at once
+        outputs = None if direct else _WORKSPACE("pairs", tokens, pairs, out_width)
         scale_activated = weights is not None and b_out is None and hidden_width < out_width
 
         def work(expert: int, buffer: _Buffers) -> None:
@@ -210,19 +215,22 @@ class _ExpertsFunction(torch.autograd.Function):
                 _activate(plan, hidden, activated)
                 if scale_activated:  # (w a) W = w (a W), on the narrower side
                     activated *= weights[start:stop, None]
-                output = torch.mm(activated, w_out[expert], out=outputs[start:stop])
+                output = torch.mm(activated, w_out[expert], out=buffer("output", n) if direct else outputs[start:stop])
                 if b_out is not None:
                     output += b_out[expert]
                 if weights is not None and not scale_activated:
                     output *= weights[start:stop, None]
+                if direct:
+                    result.index_add_(0, rows, output)
 
         largest = plan.largest()
-        _WORKERS.run(work, plan.busiest_first(), tokens.device, lambda: _Buffers(
-            tokens, largest, x=tokens.shape[-1], hidden=0 if plan.save else width, activated=hidden_width))
+        _WORKERS.run(work, experts, tokens.device, lambda: _Buffers(
+            tokens, largest, x=tokens.shape[-1], hidden=0 if plan.save else width, activated=hidden_width,
+            output=out_width if direct else 0))
         if plan.save:
             ctx.plan = plan
             ctx.save_for_backward(tokens, weights, w_in, w_out, b_in, b_out, saved)
-        return tokens.new_zeros(len(tokens), out_width).index_add_(0, plan.index, outputs)
+        return result if direct else result.index_add_(0, plan.index, outputs)
 
     @staticmethod
     @once_differentiable
@@ -231,7 +239,10 @@ class _ExpertsFunction(torch.autograd.Function):
         plan: _Plan = ctx.plan
         need = ctx.needs_input_grad
         dim, width, hidden_width, out_width = tokens.shape[-1], w_in.shape[-1], w_out.shape[-2], w_out.shape[-1]
-        grad_pairs = _WORKSPACE("pairs", tokens, len(plan.index), dim) if need[0] else None
+        experts = plan.busiest_first()
+        direct = _WORKERS.count(experts, tokens.device) == 1
+        grad_tokens = torch.zeros_like(tokens) if need[0] else None
+        grad_pairs = _WORKSPACE("pairs", tokens, len(plan.index), dim) if need[0] and not direct else None
         grad_weights = torch.empty_like(weights) if weights is not None and need[1] else None
         grad_w_in, grad_w_out = torch.empty_like(w_in), torch.empty_like(w_out)
         grad_b_in = torch.empty_like(b_in) if b_in is not None else None
@@ -285,17 +296,19 @@ class _ExpertsFunction(torch.autograd.Function):
                 x = torch.index_select(tokens, 0, rows, out=buffer("x", n))
                 grad_in = grad_w_in[expert]
                 torch.mm(x.T, grad_hidden, out=grad_in) if first else grad_in.addmm_(x.T, grad_hidden)
-                if grad_pairs is not None:
-                    torch.mm(grad_hidden, w_in[expert].T, out=grad_pairs[start:stop])
+                if grad_tokens is not None:
+                    grad_x = torch.mm(grad_hidden, w_in[expert].T, out=buffer("grad_x", n) if direct else
+                                      grad_pairs[start:stop])
+                    if direct:
+                        grad_tokens.index_add_(0, rows, grad_x)
 
         largest = plan.largest()
-        _WORKERS.run(work, plan.busiest_first(), tokens.device, lambda: _Buffers(
+        _WORKERS.run(work, experts, tokens.device, lambda: _Buffers(
             tokens, largest, grad_output=out_width, activated=hidden_width,
             silu=hidden_width if plan.kind == "swiglu" else 0, grad_activated=hidden_width, product=hidden_width,
-            grad_hidden=width, x=dim))
-        grad_tokens = None
+            grad_hidden=width, x=dim, grad_x=dim if direct else 0))
         if grad_pairs is not None:
-            grad_tokens = torch.zeros_like(tokens).index_add_(0, plan.index, grad_pairs)
+            grad_tokens.index_add_(0, plan.index, grad_pairs)
         return grad_tokens, grad_weights, grad_w_in, grad_w_out, grad_b_in, grad_b_out, None
 
 
