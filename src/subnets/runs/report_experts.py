@@ -159,29 +159,32 @@ def _plot_test_load(units: Units, path: Path) -> bool:
     return True
 
 
-def _figures(out_dir: Path, plots: list[tuple[str, Callable[[Path], bool], str]]) -> str:
+def _page(summary: str, heading: str, note: str, rows: list[dict[str, str]], out_dir: Path,
+          plots: list[tuple[str, Callable[[Path], bool], str]]) -> str:
+    """A report page: a summary line, the results table under ``heading`` with its ``note``, then every plot
+    ``(file name, draw(path) -> drawn?, caption)`` that has something to draw."""
     figures = [f"<figure><img src='{name}' alt='{base._esc(caption)}'><figcaption>{base._esc(caption)}"
                "</figcaption></figure>" for name, plot, caption in plots if plot(out_dir / name)]
-    return "<h2>Plots</h2>\n" + "\n".join(figures) if figures else ""
+    return "\n".join([f"<p class='summary'>{summary}</p>", f"<h2>{heading}</h2>\n<p class='note'>{note}</p>",
+                      _html(rows), "<h2>Plots</h2>\n" + "\n".join(figures) if figures else ""])
 
 
 def moe_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
     """The ``moe`` page."""
     seeds = sorted({u["seed"] for u in units})
-    parts = [f"<p class='summary'>{len(_variants(units))} variants; seeds {', '.join(map(str, seeds)) or '–'}; "
-             f"{len(units)} trainings.</p>",
-             "<h2>Results per variant</h2>\n<p class='note'>Mean ± population std over seeds. MaxVio = max load / "
-             "mean load - 1 over the experts, per training batch (averaged over the last 10% of steps) and over "
-             "the whole test set with the trained router.</p>", _html(moe_rows(units))]
-    parts.append(_figures(out_dir, [
-        ("max_violation.png", lambda p: _plot_diagnostic(units, "max_violation", p),
-         "MaxVio of each training batch, averaged over windows of steps (symlog scale)."),
-        ("accuracy.png", lambda p: _plot_accuracy(units, p), "Test accuracy during training; dashed: dense blocks."),
-        ("test_load.png", lambda p: _plot_test_load(units, p), "Share of the test set routed to each expert."),
-        ("router_entropy.png", lambda p: _plot_diagnostic(units, "router_entropy", p),
-         "Mean entropy of the router's scores per token during training."),
-    ]))
-    return "\n".join(parts)
+    return _page(
+        f"{len(_variants(units))} variants; seeds {', '.join(map(str, seeds)) or '–'}; {len(units)} trainings.",
+        "Results per variant", "Mean ± population std over seeds. MaxVio = max load / mean load - 1 over the "
+        "experts, per training batch (averaged over the last 10% of steps) and over the whole test set with the "
+        "trained router.", moe_rows(units), out_dir, [
+            ("max_violation.png", lambda p: _plot_diagnostic(units, "max_violation", p),
+             "MaxVio of each training batch, averaged over windows of steps (symlog scale)."),
+            ("accuracy.png", lambda p: _plot_accuracy(units, p),
+             "Test accuracy during training; dashed: dense blocks."),
+            ("test_load.png", lambda p: _plot_test_load(units, p), "Share of the test set routed to each expert."),
+            ("router_entropy.png", lambda p: _plot_diagnostic(units, "router_entropy", p),
+             "Mean entropy of the router's scores per token during training."),
+        ])
 
 
 def moefy_rows(units: Units) -> list[dict[str, str]]:
@@ -238,15 +241,14 @@ def _plot_moefy(units: Units, path: Path) -> bool:
 def moefy_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
     """The ``moefy`` page."""
     dense = [u for u in units if u.get("step") == "dense"]
-    parts = [f"<p class='summary'>{len(dense)} dense trainings, {len(units) - len(dense)} splits.</p>",
-             "<h2>Test accuracy with a fraction of the experts active</h2>\n<p class='note'>Mean ± population std "
-             "over seeds. router: the trained router's top-k; oracle: the k experts whose outputs are largest for "
-             "each input; random: k experts drawn uniformly per input.</p>", _html(moefy_rows(units))]
-    parts.append(_figures(out_dir, [
-        ("accuracy_vs_active.png", lambda p: _plot_moefy(units, p),
-         "Test accuracy against the fraction of experts active; the black line is the dense network."),
-    ]))
-    return "\n".join(parts)
+    return _page(
+        f"{len(dense)} dense trainings, {len(units) - len(dense)} splits.",
+        "Test accuracy with a fraction of the experts active", "Mean ± population std over seeds. router: the "
+        "trained router's top-k; oracle: the k experts whose outputs are largest for each input; random: k "
+        "experts drawn uniformly per input.", moefy_rows(units), out_dir, [
+            ("accuracy_vs_active.png", lambda p: _plot_moefy(units, p),
+             "Test accuracy against the fraction of experts active; the black line is the dense network."),
+        ])
 
 
 def moefy_minilm_rows(units: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -295,16 +297,15 @@ def _plot_minilm(units: Units, path: Path) -> bool:
 
 def moefy_minilm_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
     """The ``moefy-minilm`` page."""
-    parts = [f"<p class='summary'>{len(units)} splits of the six FFNs of all-MiniLM-L6-v2.</p>",
-             "<h2>Held-out embeddings with a fraction of the experts active</h2>\n<p class='note'>Cosine "
-             "similarity of each held-out sentence's embedding to the dense model's (mean over sentences, mean over "
-             "seeds). Speed-ups are the dense FFN's time (or the dense encoder's) over the split one's, on the "
-             "CPU, same tokens, minimum of interleaved repeats.</p>", _html(moefy_minilm_rows(units))]
-    parts.append(_figures(out_dir, [
-        ("cosine_vs_active.png", lambda p: _plot_minilm(units, p),
-         "Mean cosine similarity to the dense embeddings against the share of experts active."),
-    ]))
-    return "\n".join(parts)
+    return _page(
+        f"{len(units)} splits of the six FFNs of all-MiniLM-L6-v2.",
+        "Held-out embeddings with a fraction of the experts active", "Cosine similarity of each held-out "
+        "sentence's embedding to the dense model's (mean over sentences, mean over seeds). Speed-ups are the dense "
+        "FFN's time (or the dense encoder's) over the split one's, on the CPU, same tokens, minimum of interleaved "
+        "repeats.", moefy_minilm_rows(units), out_dir, [
+            ("cosine_vs_active.png", lambda p: _plot_minilm(units, p),
+             "Mean cosine similarity to the dense embeddings against the share of experts active."),
+        ])
 
 
 PAGES: dict[str, Callable[[dict[str, Any], Units, Path], str]] = {
