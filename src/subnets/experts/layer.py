@@ -130,9 +130,10 @@ _WORKERS = _Workers()
 
 
 class _Workspace(threading.local):
-    """Large scratch tensors kept from call to call, one set per thread: on a CPU a fresh tensor of tens of
-    MB costs a page fault per 4 kB page every call (about as much as the arithmetic of a small expert
-    layer). Other devices' allocators cache memory already, so there a new tensor is made each time."""
+    """Large scratch tensors kept from call to call, one set per thread (each as large as the largest asked
+    for, held until the thread ends): on a CPU a fresh tensor of tens of MB costs a page fault per 4 kB
+    page on every call. Other devices' allocators cache memory already, so there a new tensor is made each
+    time."""
 
     def __init__(self) -> None:
         self.tensors: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
