@@ -135,7 +135,7 @@ def test_each_worker_runs_with_its_share_of_the_threads_call_after_call() -> Non
 
 def test_workers_take_the_busiest_experts_first_and_skip_idle_ones() -> None:
     plan = _Plan(torch.zeros(0), [5, 40, 0, 30, 20, 10], "mlp", torch.relu, False)
-    assert plan.busiest_first() == [1, 3, 4, 5, 0]
+    assert plan.busiest_first == [1, 3, 4, 5, 0]
     assert [list(plan.chunks(e)) for e in (0, 2, 3)] == [[(0, 5, True)], [], [(45, 75, True)]]
 
 

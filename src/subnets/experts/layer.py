@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -53,10 +54,12 @@ class _Plan:
         for begin in range(start, start + count, size):
             yield begin, min(begin + size, start + count), begin == start
 
+    @cached_property
     def largest(self) -> int:
         """The most pairs in one run."""
         return max((stop - start for e in range(len(self.counts)) for start, stop, _ in self.chunks(e)), default=0)
 
+    @cached_property
     def busiest_first(self) -> list[int]:
         """The experts with pairs, most pairs first: the order workers take them in."""
         return [e for e in sorted(range(len(self.counts)), key=lambda e: -self.counts[e]) if self.counts[e]]
@@ -198,7 +201,7 @@ class _ExpertsFunction(torch.autograd.Function):
     def forward(ctx, tokens: torch.Tensor, weights: torch.Tensor | None, w_in: torch.Tensor, w_out: torch.Tensor,
                 b_in: torch.Tensor | None, b_out: torch.Tensor | None, plan: _Plan) -> torch.Tensor:
         width, hidden_width, out_width = w_in.shape[-1], w_out.shape[-2], w_out.shape[-1]
-        pairs, experts = len(plan.index), plan.busiest_first()
+        pairs, experts = len(plan.index), plan.busiest_first
         saved = tokens.new_empty(pairs, width) if plan.save else None
         result = tokens.new_zeros(len(tokens), out_width)
         direct = _WORKERS.count(experts, tokens.device) == 1  # one worker adds each run's outputs at once
@@ -224,7 +227,7 @@ class _ExpertsFunction(torch.autograd.Function):
                 if direct:
                     result.index_add_(0, rows, output)
 
-        largest = plan.largest()
+        largest = plan.largest
         _WORKERS.run(work, experts, tokens.device, lambda: _Buffers(
             tokens, largest, x=tokens.shape[-1], hidden=0 if plan.save else width, activated=hidden_width,
             output=out_width if direct else 0))
@@ -240,7 +243,7 @@ class _ExpertsFunction(torch.autograd.Function):
         plan: _Plan = ctx.plan
         need = ctx.needs_input_grad
         dim, width, hidden_width, out_width = tokens.shape[-1], w_in.shape[-1], w_out.shape[-2], w_out.shape[-1]
-        experts = plan.busiest_first()
+        experts = plan.busiest_first
         direct = _WORKERS.count(experts, tokens.device) == 1
         grad_tokens = torch.zeros_like(tokens) if need[0] else None
         grad_pairs = _WORKSPACE("pairs", tokens, len(plan.index), dim) if need[0] and not direct else None
@@ -303,7 +306,7 @@ class _ExpertsFunction(torch.autograd.Function):
                     if direct:
                         grad_tokens.index_add_(0, rows, grad_x)
 
-        largest = plan.largest()
+        largest = plan.largest
         _WORKERS.run(work, experts, tokens.device, lambda: _Buffers(
             tokens, largest, grad_output=out_width, activated=hidden_width,
             silu=hidden_width if plan.kind == "swiglu" else 0, grad_activated=hidden_width, product=hidden_width,
