@@ -1,0 +1,310 @@
+"""Spatial pooling over 1D or 2D feature maps: ``(N, C, *S) -> (N, C, *S')``, or ``(N, C)`` when global.
+
+Every op pools windows of ``kernel_size`` with ``stride`` (default: the kernel), no padding, floor mode, the
+way ``nn.MaxPool2d`` does by default. ``global_pool=True`` makes the window the whole map. Ops whose learned
+filter has the window's shape (gated, tree, conv) need that shape up front, so their global versions take
+``size=`` (the map's spatial size).
+
+References for the formulas: GeM (Radenovic et al. 2018), Group GeM (one p per channel group), SoftPool
+(Stergiou et al. 2021), mixed, gated and tree pooling (Lee, Gallagher & Tu 2016), stochastic pooling
+(Zeiler & Fergus 2013), the strided convolution of the All-Convolutional Net (Springenberg et al. 2015) and
+spatial pyramid pooling (He et al. 2014).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_AVG = {1: F.avg_pool1d, 2: F.avg_pool2d}
+_MAX = {1: F.max_pool1d, 2: F.max_pool2d}
+_CONV = {1: F.conv1d, 2: F.conv2d}
+_SHAPES = {1: "(N, C, L)", 2: "(N, C, H, W)"}
+
+
+def _tuple(value: int | Sequence[int], dim: int, field: str) -> tuple[int, ...]:
+    values = (value,) * dim if isinstance(value, int) else tuple(value)
+    if len(values) != dim or not all(isinstance(v, int) and v > 0 for v in values):
+        raise ValueError(f"{field} must be a positive int or {dim} positive ints, got {value!r}")
+    return values
+
+
+class SpatialPool(nn.Module):
+    """Base of the spatial ops: checks the input's rank, finds the window, flattens global outputs."""
+
+    def __init__(self, dim: int = 2, kernel_size: int | Sequence[int] = 2, stride: int | Sequence[int] | None = None,
+                 global_pool: bool = False) -> None:
+        super().__init__()
+        if dim not in (1, 2):
+            raise ValueError(f"dim must be 1 or 2, got {dim!r}")
+        self.dim = dim
+        self.kernel_size = _tuple(kernel_size, dim, "kernel_size")
+        self.stride = self.kernel_size if stride is None else _tuple(stride, dim, "stride")
+        self.global_pool = global_pool
+
+    def window(self, x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The kernel and stride for input ``x``, after checking its rank and that one window fits."""
+        if x.dim() != self.dim + 2:
+            raise ValueError(f"{type(self).__name__} with dim={self.dim} expects input {_SHAPES[self.dim]}, "
+                             f"got shape {tuple(x.shape)}")
+        size = tuple(x.shape[2:])
+        if self.global_pool:
+            return size, size
+        if any(s < k for s, k in zip(size, self.kernel_size, strict=True)):
+            raise ValueError(f"{type(self).__name__}: input size {size} is smaller than the kernel {self.kernel_size}")
+        return self.kernel_size, self.stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel, stride = self.window(x)
+        out = self.pool(x, kernel, stride)
+        return out.flatten(1) if self.global_pool else out
+
+    def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+        """Pool ``x`` (already checked) with ``kernel`` and ``stride``; subclasses define it."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        if self.global_pool:
+            return f"dim={self.dim}, global"
+        return f"dim={self.dim}, kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+def windows(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+    """A strided view ``(N, C, *S', *kernel)`` of every window of ``x`` (no copy)."""
+    for axis, (k, s) in enumerate(zip(kernel, stride, strict=True)):
+        x = x.unfold(2 + axis, k, s)
+    return x
+
+
+def _window_dims(dim: int) -> tuple[int, ...]:
+    return tuple(range(-dim, 0))
+
+
+class AvgPool(SpatialPool):
+    """The mean of each window."""
+
+    def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+        return _AVG[self.dim](x, kernel, stride)
+
+
+class MaxPool(SpatialPool):
+    """The maximum of each window."""
+
+    def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+        return _MAX[self.dim](x, kernel, stride)
+
+
+class LpPool(SpatialPool):
+    """Power mean ``(mean_j max(x_j, eps)^p)^(1/p)``: average pooling at p = 1, max pooling as p grows.
+
+    ``learn_p`` makes p a parameter (GeM). Inputs are clamped at ``eps`` so that fractional powers exist.
+    """
+
+    def __init__(self, dim: int = 2, kernel_size: int | Sequence[int] = 2, stride: int | Sequence[int] | None = None,
+                 global_pool: bool = False, *, p: float = 2.0, eps: float = 1e-6, learn_p: bool = False) -> None:
+        super().__init__(dim, kernel_size, stride, global_pool)
+        if p <= 0:
+            raise ValueError(f"p must be > 0, got {p}")
+        self.eps = eps
+        p_tensor = torch.full((1,), float(p))
+        if learn_p:
+            self.p = nn.Parameter(p_tensor)
+        else:
+            self.register_buffer("p", p_tensor)
+
+    def exponent(self, x: torch.Tensor) -> torch.Tensor:
+        """p, shaped to broadcast over ``x``'s channels."""
+        return self.p.reshape(1, -1, *([1] * self.dim))
+
+    def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+        p = self.exponent(x)
+        return _AVG[self.dim](x.clamp(min=self.eps).pow(p), kernel, stride).pow(1.0 / p)
+
+
+class GeM(LpPool):
+    """Generalised mean pooling: the power mean with a learned p (initially 3)."""
+
+    def __init__(self, dim: int = 2, kernel_size: int | Sequence[int] = 2, stride: int | Sequence[int] | None = None,
+                 global_pool: bool = False, *, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__(dim, kernel_size, stride, global_pool, p=p, eps=eps, learn_p=True)
+
+
+class GroupGeM(LpPool):
+    """GeM with one learned p per group of channels (``channels // groups`` channels share a p)."""
+
+    def __init__(self, channels: int, dim: int = 2, kernel_size: int | Sequence[int] = 2,
+                 stride: int | Sequence[int] | None = None, global_pool: bool = False, *, groups: int = 4,
+                 p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__(dim, kernel_size, stride, global_pool, p=p, eps=eps, learn_p=True)
+        if groups < 1 or channels % groups:
+            raise ValueError(f"group-gem: channels ({channels}) must be divisible by groups ({groups})")
+        self.channels, self.groups = channels, groups
+        self.p = nn.Parameter(torch.full((groups,), float(p)))
+
+    def exponent(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.channels:
+            raise ValueError(f"GroupGeM was built for {self.channels} channels, got input with {x.shape[1]}")
+        p = self.p.repeat_interleave(self.channels // self.groups)
+        return p.reshape(1, -1, *([1] * self.dim))
+
+
+class SoftPool(SpatialPool):
+    """The softmax-weighted sum of each window, ``sum_j softmax(x)_j x_j``; each window's maximum is
+    subtracted before the exponential, so it is exact for any input range."""
+
+    def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+        view = windows(x, kernel, stride)
+        dims = _window_dims(self.dim)
+        top = _MAX[self.dim](x, kernel, stride).detach()
+        e = torch.exp(view - top.reshape(*top.shape, *([1] * self.dim)))
+        return (e * view).sum(dims) / e.sum(dims)
+
+
+class MixedPool(SpatialPool):
+    """``a max + (1 - a) avg`` with one learned ``a = sigmoid(alpha)`` per layer (initially 1/2)."""
+
+    def __init__(self, dim: int = 2, kernel_size: int | Sequence[int] = 2, stride: int | Sequence[int] | None = None,
+                 global_pool: bool = False) -> None:
+        super().__init__(dim, kernel_size, stride, global_pool)
+        self.alpha = nn.Parameter(torch.zeros(()))
+
+    def mix(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], a: torch.Tensor) -> torch.Tensor:
+        """``a`` times max pooling plus ``1 - a`` times average pooling."""
+        top, mean = _MAX[self.dim](x, kernel, stride), _AVG[self.dim](x, kernel, stride)
+        return mean + a * (top - mean)
+
+    def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+        return self.mix(x, kernel, stride, torch.sigmoid(self.alpha))
+
+
+class _WindowFilters(SpatialPool):
+    """Ops with learned filters of the window's shape, shared by all channels."""
+
+    def __init__(self, filters: int, dim: int, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None,
+                 global_pool: bool, size: int | Sequence[int] | None) -> None:
+        super().__init__(dim, kernel_size, stride, global_pool)
+        if global_pool:
+            if size is None:
+                raise ValueError(f"{type(self).__name__} with global_pool=True needs size= (the map's spatial size): "
+                                 "its learned filter covers the whole map")
+            self.kernel_size = self.stride = _tuple(size, dim, "size")
+        self.filters = filters
+
+    def window(self, x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        kernel, stride = super().window(x)
+        if self.global_pool and kernel != self.kernel_size:
+            raise ValueError(f"{type(self).__name__} was built for maps of size {self.kernel_size}, got {kernel}")
+        return kernel, stride
+
+    def responses(self, x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
+        """``sum_j weight[f, j] x_j`` for every window and channel: ``(N, C, filters, *S')``."""
+        n, c = x.shape[:2]
+        out = _CONV[self.dim](x.reshape(n * c, 1, *x.shape[2:]), weight.unsqueeze(1), stride=stride)
+        return out.reshape(n, c, *out.shape[1:])
+
+
+class GatedPool(_WindowFilters):
+    """``a max + (1 - a) avg`` with ``a = sigmoid(w . window)`` computed per window from a learned filter."""
+
+    def __init__(self, dim: int = 2, kernel_size: int | Sequence[int] = 2, stride: int | Sequence[int] | None = None,
+                 global_pool: bool = False, *, size: int | Sequence[int] | None = None) -> None:
+        super().__init__(1, dim, kernel_size, stride, global_pool, size)
+        fan_in = math.prod(self.kernel_size)
+        self.gate = nn.Parameter(torch.randn(self.kernel_size) / fan_in)
+
+    def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+        a = torch.sigmoid(self.responses(x, self.gate.unsqueeze(0), stride)[:, :, 0])
+        top, mean = _MAX[self.dim](x, kernel, stride), _AVG[self.dim](x, kernel, stride)
+        return mean + a * (top - mean)
+
+
+class TreePool(_WindowFilters):
+    """A depth-2 tree of learned pooling filters: ``g (v1 . window) + (1 - g) (v2 . window)`` with the gate
+    ``g = sigmoid(w . window)``."""
+
+    def __init__(self, dim: int = 2, kernel_size: int | Sequence[int] = 2, stride: int | Sequence[int] | None = None,
+                 global_pool: bool = False, *, size: int | Sequence[int] | None = None) -> None:
+        super().__init__(3, dim, kernel_size, stride, global_pool, size)
+        fan_in = math.prod(self.kernel_size)
+        self.gate = nn.Parameter(torch.randn(self.kernel_size) / fan_in)
+        # Leaves start near averaging, different from each other so that the gate has something to choose.
+        self.leaves = nn.Parameter((1.0 + 0.5 * torch.randn(2, *self.kernel_size)) / fan_in)
+
+    def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+        r = self.responses(x, torch.cat([self.gate.unsqueeze(0), self.leaves]), stride)
+        g = torch.sigmoid(r[:, :, 0])
+        return r[:, :, 2] + g * (r[:, :, 1] - r[:, :, 2])
+
+
+class StochasticPool(SpatialPool):
+    """Stochastic pooling of ``a = relu(x)``: in training each window outputs one of its values, drawn with
+    probability ``a_j / sum a``; in evaluation the probability-weighted average ``sum a_j^2 / sum a``.
+    A window with no positive value gives 0. Draws use ``generator`` (or torch's global one)."""
+
+    def __init__(self, dim: int = 2, kernel_size: int | Sequence[int] = 2, stride: int | Sequence[int] | None = None,
+                 global_pool: bool = False, *, generator: torch.Generator | None = None) -> None:
+        super().__init__(dim, kernel_size, stride, global_pool)
+        self.generator = generator
+
+    def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+        a = windows(torch.relu(x), kernel, stride).flatten(-self.dim)
+        total = a.sum(-1, keepdim=True)
+        if not self.training:
+            return ((a * a).sum(-1, keepdim=True) / total.clamp(min=torch.finfo(a.dtype).tiny)).squeeze(-1)
+        u = torch.rand(total.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+        # The first value whose cumulative share passes u; windows of zeros pick value 0 (itself 0).
+        chosen = (a.detach().cumsum(-1) <= u * total.detach()).sum(-1, keepdim=True).clamp(max=a.shape[-1] - 1)
+        return a.gather(-1, chosen).squeeze(-1)
+
+
+class ConvPool(SpatialPool):
+    """The All-Convolutional Net's replacement of pooling: a learned convolution with the pool's kernel and
+    stride, ``channels`` in and out."""
+
+    def __init__(self, channels: int, dim: int = 2, kernel_size: int | Sequence[int] = 2,
+                 stride: int | Sequence[int] | None = None, global_pool: bool = False, *,
+                 size: int | Sequence[int] | None = None) -> None:
+        super().__init__(dim, kernel_size, stride, global_pool)
+        if global_pool:
+            if size is None:
+                raise ValueError("ConvPool with global_pool=True needs size= (the map's spatial size): its learned "
+                                 "filter covers the whole map")
+            self.kernel_size = self.stride = _tuple(size, dim, "size")
+        conv = nn.Conv1d if dim == 1 else nn.Conv2d
+        self.conv = conv(channels, channels, self.kernel_size, self.stride)
+
+    def window(self, x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        kernel, stride = super().window(x)
+        if self.global_pool and kernel != self.kernel_size:
+            raise ValueError(f"ConvPool was built for maps of size {self.kernel_size}, got {kernel}")
+        return kernel, stride
+
+    def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+        return self.conv(x)
+
+
+class SpatialPyramidPool(SpatialPool):
+    """Spatial pyramid pooling: adaptive max (or average) pooling to each level's grid (``l`` bins in 1D,
+    ``l x l`` in 2D), flattened and concatenated; the output length ``C * sum(l^dim)`` does not depend on the
+    input's size."""
+
+    def __init__(self, dim: int = 2, levels: Sequence[int] = (1, 2, 4), mode: str = "max") -> None:
+        super().__init__(dim, 1, 1, global_pool=True)
+        if not levels or not all(isinstance(level, int) and level > 0 for level in levels):
+            raise ValueError(f"spp: levels must be positive ints, got {levels!r}")
+        if mode not in ("max", "avg"):
+            raise ValueError(f"spp: mode must be 'max' or 'avg', got {mode!r}")
+        self.levels, self.mode = tuple(levels), mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.window(x)
+        pool = {("max", 1): F.adaptive_max_pool1d, ("max", 2): F.adaptive_max_pool2d,
+                ("avg", 1): F.adaptive_avg_pool1d, ("avg", 2): F.adaptive_avg_pool2d}[self.mode, self.dim]
+        return torch.cat([pool(x, level).flatten(1) for level in self.levels], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, levels={self.levels}, mode={self.mode!r}"
