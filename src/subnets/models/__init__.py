@@ -12,6 +12,7 @@ Registered models:
 - ``conv2``, ``conv4``, ``conv6``: Conv-2/4/6 of Frankle & Carbin (2019) for ``(C, H, W)`` inputs.
 - ``resnet20`` (option ``width``): CIFAR-style ResNet-20 of He et al. (2016) for ``(C, H, W)`` inputs.
 - ``cnn1d`` (option ``channels``): a small 1D CNN for ``(C, L)`` inputs such as MNIST-1D.
+- ``lenet5``: LeNet-5 (ReLU, max pools ``pool1``/``pool2``) for ``(C, H, W)`` inputs such as MNIST.
 
 ``prunable_layers(model)`` maps the names of prunable parameters (as in ``model.named_parameters()``, e.g.
 ``"fc1.weight"``) to their kind, in forward order: ``"conv"`` for convolution weights, ``"fc"`` for hidden
@@ -19,10 +20,11 @@ linear weights and ``"output"`` for the last linear layer's weight. Biases and B
 prunable. New models register with the ``@register_model(name)`` decorator and define ``prunable_layers()``.
 """
 
-from subnets.models import cnn1d, conv, mlp, resnet  # noqa: F401  (importing registers the models)
+from subnets.models import cnn1d, conv, lenet5, mlp, resnet  # noqa: F401  (importing registers the models)
 from subnets.models.cnn1d import CNN1d
 from subnets.models.conv import ConvNet
 from subnets.models.init import glorot_normal_, kaiming_normal_
+from subnets.models.lenet5 import LeNet5
 from subnets.models.mlp import MLP
 from subnets.models.registry import build_model, model_names, prunable_layers, register_model
 from subnets.models.resnet import ResNet
@@ -30,6 +32,7 @@ from subnets.models.resnet import ResNet
 __all__ = [
     "CNN1d",
     "ConvNet",
+    "LeNet5",
     "MLP",
     "ResNet",
     "build_model",

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from subnets.data import load_dataset
 from subnets.experts.experiments import MoEConfig, MoEExperiment, MoefyConfig, MoefyExperiment
 from subnets.experts.moefy_minilm import MoefyMiniLMConfig, MoefyMiniLMExperiment
+from subnets.pooling.experiments import PoolingConfig, PoolingExperiment
 from subnets.progress import Progress
 from subnets.steps import StepStore
 from subnets.tickets import LotteryConfig
@@ -66,9 +67,17 @@ def _prepare_moefy_minilm(config: MoefyMiniLMConfig, device: torch.device, progr
     return Prepared(experiment.source, experiment.run)
 
 
+def _prepare_pooling(config: PoolingConfig, device: torch.device, progress: Progress,
+                     execution: Execution) -> Prepared:
+    config.data.check()
+    data = load_dataset(config.data.name, **config.data.options).to(device)
+    return Prepared(data.source, PoolingExperiment(config, data, device, progress).run)
+
+
 KINDS: dict[str, Kind] = {
     "lottery": Kind("lottery", LotteryConfig, _prepare_lottery),
     "moe": Kind("moe", MoEConfig, _prepare_moe),
     "moefy": Kind("moefy", MoefyConfig, _prepare_moefy),
     "moefy-minilm": Kind("moefy-minilm", MoefyMiniLMConfig, _prepare_moefy_minilm),
+    "pooling": Kind("pooling", PoolingConfig, _prepare_pooling),
 }

@@ -1,0 +1,111 @@
+"""The ``pooling`` experiment: one network trained with each pooling op in place of its pools, several seeds,
+every op compared with a baseline op (max pooling) by paired tests over seeds.
+
+For a given seed every op starts from the same weights (the model is built from the seed, then its pools are
+swapped) and sees the same batches, so differences between ops are paired. Stochastic pooling's draws come
+from torch's global generator, seeded per training, so a resumed run reproduces them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from subnets.data import Dataset
+from subnets.models import build_model
+from subnets.pooling.factory import pool_names, swap_pooling
+from subnets.pooling.spatial import SpatialPool
+from subnets.progress import SILENT, Progress
+from subnets.specs import ExperimentSpec, ModelSpec
+from subnets.steps import StepStore, Tensors, derive_seed
+from subnets.train import TrainConfig, train
+
+SPATIAL_POOLS = tuple(name for name in pool_names(2) if name != "spp")
+# Learned pool parameters this small are reported (GeM's p, mixed pooling's alpha, ...).
+_REPORTED_SIZE = 16
+
+
+class PoolingConfig(ExperimentSpec):
+    """A pooling recipe (``kind = "pooling"``): ``model`` trained with each of ``pools`` swapped in for its
+    pooling layers, for every seed; ``baseline`` is the op the others are tested against;
+    ``pool_options`` gives options per op (e.g. ``{ gem = { p = 2.0 } }``)."""
+
+    kind: Literal["pooling"] = "pooling"
+    model: ModelSpec
+    train: TrainConfig
+    pools: list[str] = Field(default_factory=lambda: list(SPATIAL_POOLS), min_length=1)
+    baseline: str = "max"
+    pool_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _pools(self) -> PoolingConfig:
+        for name in [*self.pools, *self.pool_options]:
+            if name not in SPATIAL_POOLS:
+                raise ValueError(f"unknown pool {name!r}; known: {', '.join(SPATIAL_POOLS)}")
+        if len(set(self.pools)) != len(self.pools):
+            raise ValueError("pools must be distinct")
+        if self.baseline not in self.pools:
+            raise ValueError(f"baseline {self.baseline!r} must be one of pools ({', '.join(self.pools)})")
+        return self
+
+
+class PoolingExperiment:
+    """The steps of one ``pooling`` recipe: ``{pool}/s{seed}``, one training each."""
+
+    def __init__(self, config: PoolingConfig, data: Dataset, device: torch.device,
+                 progress: Progress = SILENT) -> None:
+        self.config, self.data, self.device, self.progress = config, data, device, progress
+        for pool in config.pools:  # a model without pools or a bad pool option fails here, before any training
+            self.build(pool, config.seeds[0])
+
+    def build(self, pool: str, seed: int) -> tuple[torch.nn.Module, list[str]]:
+        """The model of ``seed`` with ``pool`` in place of its pooling layers, and the swapped layers' names."""
+        spec = self.config.model
+        torch.manual_seed(derive_seed(seed, "init"))
+        model = build_model(spec.name, self.data.input_shape, self.data.num_classes, **spec.options)
+        torch.manual_seed(derive_seed(seed, "pool", pool))
+        try:
+            swapped = swap_pooling(model, pool, **self.config.pool_options.get(pool, {}))
+        except ValueError as error:
+            raise ValueError(f"pool_options.{pool}: {error}") from None
+        if not swapped:
+            raise ValueError(f"model {spec.name!r} has no pooling layer to swap")
+        return model.to(self.device), swapped
+
+    def run(self, steps: StepStore) -> list[dict[str, Any]]:
+        """Run (or resume) every pool and seed, storing each training as one step."""
+        units = [(pool, seed) for seed in self.config.seeds for pool in self.config.pools]
+        self.progress.start("pooling", len(units), "trainings (pool x seed)")
+        results = []
+        for pool, seed in units:
+            key = f"{pool}/s{seed}"
+            found = steps.get_step(key)
+            if found is None:
+                result, tensors = self._train(pool, seed)
+                steps.put_step(key, result, tensors)
+                line = f"{key}: test acc {100 * result['test_acc']:.2f}%, {result['seconds']:.1f}s"
+                steps.log(line)
+                self.progress.log(line)
+                found = (result, tensors)
+            results.append(found[0])
+            self.progress.advance("pooling", 1, pool=pool, seed=seed)
+        self.progress.finish("pooling")
+        return results
+
+    def _train(self, pool: str, seed: int) -> tuple[dict[str, Any], dict[str, Tensors]]:
+        model, swapped = self.build(pool, seed)
+        torch.manual_seed(derive_seed(seed, "pool-draws"))
+        outcome = train(model, self.data, self.config.train, seed=derive_seed(seed, "data"),
+                        progress=self.progress, progress_key=f"{pool}/s{seed}")
+        learned = {}
+        for name in swapped:
+            module = model.get_submodule(name)
+            if isinstance(module, SpatialPool):
+                learned.update({f"{name}.{key}": value.detach().cpu().flatten().tolist()
+                                for key, value in module.named_parameters() if value.numel() <= _REPORTED_SIZE})
+        result = {"pool": pool, "seed": seed, "baseline": self.config.baseline, "swapped": swapped,
+                  "parameters": sum(p.numel() for p in model.parameters()), "learned": learned,
+                  **outcome.summary()}
+        return result, {"final": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
