@@ -140,3 +140,67 @@ def test_moefy_recipe_on_cuda(tmp_path) -> None:
                  "moefy.experts=[4]", 'moefy.methods=["weights"]', "moefy.samples=300", "moefy.router_steps=30"]
     view = _run(ROOT / "recipes" / "moefy-mnist.toml", tmp_path / "runs", "cuda", overrides)
     assert view["levels"]
+
+
+SPATIAL_CASES = [(name, dim, global_pool) for dim in (1, 2) for global_pool in (False, True)
+                 for name in ("avg", "max", "lp", "gem", "group-gem", "softpool", "mixed", "gated", "tree",
+                              "stochastic", "conv")]
+
+
+@pytest.mark.parametrize("name, dim, global_pool", SPATIAL_CASES)
+def test_spatial_pools_on_cuda_match_cpu(name: str, dim: int, global_pool: bool) -> None:
+    from subnets.pooling import create_pool
+
+    torch.manual_seed(0)
+    shape = (3, 8, 11) if dim == 1 else (3, 8, 9, 7)
+    options = {"channels": 8} if name in ("group-gem", "conv") else {}
+    if global_pool and name in ("gated", "tree", "conv"):
+        options["size"] = shape[2:]
+    pool = create_pool(name, dim, kernel_size=3, stride=2, global_pool=global_pool, **options)
+    pool.eval()  # stochastic pooling: the deterministic test-time rule
+    x = torch.rand(shape, requires_grad=True)
+    probe = torch.randn_like(pool(x))
+    expected = torch.autograd.grad((pool(x) * probe).sum(), [x, *pool.parameters()])
+    gpu = copy.deepcopy(pool).to(CUDA)
+    x_gpu = x.detach().to(CUDA).requires_grad_(True)
+    out = gpu(x_gpu)
+    torch.testing.assert_close(out.cpu(), pool(x), atol=1e-5, rtol=1e-4)
+    got = torch.autograd.grad((out * probe.to(CUDA)).sum(), [x_gpu, *gpu.parameters()])
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g.cpu(), e, atol=1e-4, rtol=1e-4)
+
+
+def test_stochastic_pool_trains_on_cuda() -> None:
+    from subnets.pooling import create_pool
+
+    pool = create_pool("stochastic", 2).to(CUDA)
+    x = torch.rand(4, 3, 8, 8, device=CUDA, requires_grad=True)
+    out = pool(x)
+    out.sum().backward()
+    windows = x.detach().unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)
+    assert ((windows == out.detach()[..., None]).any(-1)).all()  # each output is one of its window's values
+    assert x.grad.sum() == out.numel()  # the gradient goes to exactly one element per window
+
+
+@pytest.mark.parametrize("name", ["mean", "max", "first", "last", "attention", "multihead"])
+def test_token_pools_on_cuda_ignore_padding(name: str) -> None:
+    from subnets.pooling import create_pool
+
+    torch.manual_seed(0)
+    pool = create_pool(name, "tokens", **({"features": 8} if name in ("attention", "multihead") else {})).to(CUDA)
+    x = torch.randn(2, 6, 8, device=CUDA)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool, device=CUDA)
+    changed = x.clone()
+    changed[0, 3:] = 1e4
+    torch.testing.assert_close(pool(x, mask), pool(changed, mask))
+    torch.testing.assert_close(pool(x, mask)[:1], pool(x[:1, :3]))
+
+
+def test_pooling_recipe_on_cuda_matches_cpu(tmp_path) -> None:
+    overrides = ["seeds=[0]", 'pools=["max","gem","softpool","gated"]', "train.length=200it",
+                 "train.eval_every=100it"]
+    recipe = ROOT / "recipes" / "pooling-mnist1d.toml"
+    gpu = {u["pool"]: u for u in _run(recipe, tmp_path / "gpu", "cuda", overrides)["levels"]}
+    cpu = {u["pool"]: u for u in _run(recipe, tmp_path / "cpu", "cpu", overrides)["levels"]}
+    for pool, unit in gpu.items():
+        assert unit["test_acc"] == pytest.approx(cpu[pool]["test_acc"], abs=0.03), pool

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from subnets.pooling.windows import PowerMean, SoftMean, StochasticPick, WindowFilters, Windows
+
 _AVG = {1: F.avg_pool1d, 2: F.avg_pool2d}
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d}
-_CONV = {1: F.conv1d, 2: F.conv2d}
 _SHAPES = {1: "(N, C, L)", 2: "(N, C, H, W)"}
 
 
@@ -73,17 +74,6 @@ class SpatialPool(nn.Module):
         return f"dim={self.dim}, kernel_size={self.kernel_size}, stride={self.stride}"
 
 
-def windows(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
-    """A strided view ``(N, C, *S', *kernel)`` of every window of ``x`` (no copy)."""
-    for axis, (k, s) in enumerate(zip(kernel, stride, strict=True)):
-        x = x.unfold(2 + axis, k, s)
-    return x
-
-
-def _window_dims(dim: int) -> tuple[int, ...]:
-    return tuple(range(-dim, 0))
-
-
 class AvgPool(SpatialPool):
     """The mean of each window."""
 
@@ -121,8 +111,7 @@ class LpPool(SpatialPool):
         return self.p.reshape(1, -1, *([1] * self.dim))
 
     def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
-        p = self.exponent(x)
-        return _AVG[self.dim](x.clamp(min=self.eps).pow(p), kernel, stride).pow(1.0 / p)
+        return PowerMean.apply(x, self.exponent(x), self.eps, Windows(tuple(x.shape[2:]), kernel, stride))
 
 
 class GeM(LpPool):
@@ -157,11 +146,7 @@ class SoftPool(SpatialPool):
     subtracted before the exponential, so it is exact for any input range."""
 
     def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
-        view = windows(x, kernel, stride)
-        dims = _window_dims(self.dim)
-        top = _MAX[self.dim](x, kernel, stride).detach()
-        e = torch.exp(view - top.reshape(*top.shape, *([1] * self.dim)))
-        return (e * view).sum(dims) / e.sum(dims)
+        return SoftMean.apply(x, Windows(tuple(x.shape[2:]), kernel, stride))
 
 
 class MixedPool(SpatialPool):
@@ -200,11 +185,14 @@ class _WindowFilters(SpatialPool):
             raise ValueError(f"{type(self).__name__} was built for maps of size {self.kernel_size}, got {kernel}")
         return kernel, stride
 
-    def responses(self, x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
-        """``sum_j weight[f, j] x_j`` for every window and channel: ``(N, C, filters, *S')``."""
-        n, c = x.shape[:2]
-        out = _CONV[self.dim](x.reshape(n * c, 1, *x.shape[2:]), weight.unsqueeze(1), stride=stride)
-        return out.reshape(n, c, *out.shape[1:])
+    def responses(self, x: torch.Tensor, weight: torch.Tensor, kernel: tuple[int, ...],
+                  stride: tuple[int, ...]) -> torch.Tensor:
+        """``sum_j weight[f, j] x_j`` for every window and channel: ``(filters, N, C, *S')``."""
+        windows = Windows(tuple(x.shape[2:]), kernel, stride)
+        if windows.whole:  # one window: a product with each filter over the whole map
+            return torch.tensordot(weight, x, dims=(list(range(1, 1 + self.dim)), list(windows.spatial())))[
+                (..., *([None] * self.dim))]
+        return WindowFilters.apply(x, weight, windows)
 
 
 class GatedPool(_WindowFilters):
@@ -217,7 +205,7 @@ class GatedPool(_WindowFilters):
         self.gate = nn.Parameter(torch.randn(self.kernel_size) / fan_in)
 
     def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
-        a = torch.sigmoid(self.responses(x, self.gate.unsqueeze(0), stride)[:, :, 0])
+        a = torch.sigmoid(self.responses(x, self.gate.unsqueeze(0), kernel, stride)[0])
         top, mean = _MAX[self.dim](x, kernel, stride), _AVG[self.dim](x, kernel, stride)
         return mean + a * (top - mean)
 
@@ -235,9 +223,9 @@ class TreePool(_WindowFilters):
         self.leaves = nn.Parameter((1.0 + 0.5 * torch.randn(2, *self.kernel_size)) / fan_in)
 
     def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
-        r = self.responses(x, torch.cat([self.gate.unsqueeze(0), self.leaves]), stride)
-        g = torch.sigmoid(r[:, :, 0])
-        return r[:, :, 2] + g * (r[:, :, 1] - r[:, :, 2])
+        r = self.responses(x, torch.cat([self.gate.unsqueeze(0), self.leaves]), kernel, stride)
+        g = torch.sigmoid(r[0])
+        return r[2] + g * (r[1] - r[2])
 
 
 class StochasticPool(SpatialPool):
@@ -251,14 +239,18 @@ class StochasticPool(SpatialPool):
         self.generator = generator
 
     def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
-        a = windows(torch.relu(x), kernel, stride).flatten(-self.dim)
-        total = a.sum(-1, keepdim=True)
+        windows = Windows(tuple(x.shape[2:]), kernel, stride)
+        a = torch.relu(x)
         if not self.training:
-            return ((a * a).sum(-1, keepdim=True) / total.clamp(min=torch.finfo(a.dtype).tiny)).squeeze(-1)
-        u = torch.rand(total.shape, generator=self.generator, device=x.device, dtype=x.dtype)
-        # The first value whose cumulative share passes u; windows of zeros pick value 0 (itself 0).
-        chosen = (a.detach().cumsum(-1) <= u * total.detach()).sum(-1, keepdim=True).clamp(max=a.shape[-1] - 1)
-        return a.gather(-1, chosen).squeeze(-1)
+            return windows.mean(a * a) / windows.mean(a).clamp(min=torch.finfo(a.dtype).tiny)
+        u = torch.rand(x.shape[:2] + windows.out_size, generator=self.generator, device=x.device, dtype=x.dtype)
+        if not windows.whole:
+            return StochasticPick.apply(x, u, windows)
+        # One window: the first value whose running sum passes u times the total (a window of zeros gives 0).
+        flat = a.flatten(2)
+        running = flat.detach().cumsum(-1)
+        chosen = (running <= u.flatten(2) * running[..., -1:]).sum(-1, keepdim=True).clamp(max=flat.shape[-1] - 1)
+        return flat.gather(-1, chosen).reshape(u.shape)
 
 
 class ConvPool(SpatialPool):

@@ -1,0 +1,196 @@
+"""Window arithmetic with hand-written backward passes, so that pooling ops cost a few passes over the input.
+
+A pooling window of ``k`` positions is walked as ``k`` strided views of the input, one per position inside the
+window (:class:`Windows`): view ``j`` holds element ``j`` of every window, shaped like the output. Sums over the
+window are then ``k`` additions of output-sized tensors, and a gradient goes back by adding into the same views
+of one zero tensor, with no unfolded copy of the input and nothing input-sized saved that is not needed.
+A global window (the whole map) is reduced over the spatial dims directly instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+
+_AVG = {1: F.avg_pool1d, 2: F.avg_pool2d}
+_MAX = {1: F.max_pool1d, 2: F.max_pool2d}
+
+
+class Windows:
+    """The windows of ``kernel`` and ``stride`` (no padding, floor mode) over maps of ``size``."""
+
+    def __init__(self, size: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...]) -> None:
+        self.size, self.kernel, self.stride = size, kernel, stride
+        self.dims = len(size)
+        self.out_size = tuple((n - k) // s + 1 for n, k, s in zip(size, kernel, stride, strict=True))
+        self.count = math.prod(kernel)
+        self.whole = kernel == size  # one window: the whole map
+
+    def positions(self) -> list[tuple[object, ...]]:
+        """For each position inside the window (row-major), the index of its output-shaped view."""
+        return [(..., *(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, self.stride, self.out_size,
+                                                                              strict=True)))
+                for offset in itertools.product(*(range(k) for k in self.kernel))]
+
+    def spatial(self) -> tuple[int, ...]:
+        """The spatial dims of an input."""
+        return tuple(range(2, 2 + self.dims))
+
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        """The mean of each window of ``t``, output-shaped."""
+        if self.whole:
+            return t.mean(self.spatial(), keepdim=True)
+        return _AVG[self.dims](t, self.kernel, self.stride)
+
+    def max(self, t: torch.Tensor) -> torch.Tensor:
+        """The maximum of each window of ``t``, output-shaped."""
+        if self.whole:
+            return t.amax(self.spatial(), keepdim=True)
+        return _MAX[self.dims](t, self.kernel, self.stride)
+
+    def spread(self, g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """An input-shaped tensor whose every element is the sum of ``g`` over the windows that hold it."""
+        if self.whole:
+            return g.expand_as(like).contiguous()
+        out = torch.zeros_like(like)
+        for index in self.positions():
+            out[index] += g
+        return out
+
+
+def _reduced(grad: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
+    return None if grad is None else grad.sum_to_size(shape)
+
+
+class PowerMean(torch.autograd.Function):
+    """``(window mean of max(x, eps)^p)^(1/p)`` with ``p`` broadcastable to ``(1, C, 1, ...)``.
+
+    Saves ``x^p`` (one input-sized tensor) for the backward pass; ``log x`` is recomputed there only when p
+    needs a gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: torch.Tensor, eps: float, windows: Windows) -> torch.Tensor:
+        powers = x.clamp(min=eps).log_().mul_(p).exp_()
+        mean = windows.mean(powers)
+        out = mean.pow(1.0 / p)
+        ctx.save_for_backward(x, p, powers, mean, out)
+        ctx.eps, ctx.windows = eps, windows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, p, powers, mean, out = ctx.saved_tensors
+        windows: Windows = ctx.windows
+        grad_x = grad_p = None
+        if ctx.needs_input_grad[0]:
+            # d out / d x_j = out / (count * mean) * x_j^(p - 1), for x_j above eps.
+            grad_x = windows.spread(grad * out / (mean * windows.count), x)
+            grad_x.mul_(powers).div_(x).masked_fill_(x < ctx.eps, 0.0)
+        if ctx.needs_input_grad[1]:
+            weighted = windows.mean(x.clamp(min=ctx.eps).log_().mul_(powers))  # window mean of x^p log x
+            grad_p = _reduced(grad * out * (weighted / mean - mean.log() / p) / p, p.shape)
+        return grad_x, grad_p, None, None
+
+
+class SoftMean(torch.autograd.Function):
+    """SoftPool: ``sum_j e_j x_j / sum_j e_j`` with ``e_j = exp(x_j - window max)``; nothing input-sized saved."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, windows: Windows) -> torch.Tensor:
+        top = windows.max(x)
+        if windows.whole:
+            e = (x - top).exp_()
+            total = e.sum(windows.spatial(), keepdim=True)
+            out = e.mul_(x).sum(windows.spatial(), keepdim=True).div_(total)
+        else:
+            total, weighted = torch.zeros_like(top), torch.zeros_like(top)
+            for index in windows.positions():
+                e = (x[index] - top).exp_()
+                total += e
+                weighted.addcmul_(e, x[index])
+            out = weighted.div_(total)
+        ctx.save_for_backward(x, top, total, out)
+        ctx.windows = windows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:
+        x, top, total, out = ctx.saved_tensors
+        windows: Windows = ctx.windows
+        scale = grad / total
+        # d out / d x_j = e_j / total * (1 + x_j - out)
+        if windows.whole:
+            return (x - top).exp_().mul_(x - out + 1).mul_(scale), None
+        grad_x = torch.zeros_like(x)
+        for index in windows.positions():
+            grad_x[index] += (x[index] - top).exp_().mul_(x[index] - out + 1).mul_(scale)
+        return grad_x, None
+
+
+class WindowFilters(torch.autograd.Function):
+    """``r[f] = sum_j weight[f, j] x_j`` for every window and channel: ``(filters, N, C, *S')``; one filter of
+    the window's shape shared by all channels (the gates and leaves of gated and tree pooling)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, windows: Windows) -> torch.Tensor:
+        flat = weight.reshape(len(weight), -1)
+        out = x.new_zeros(len(weight), *x.shape[:2], *windows.out_size)
+        for j, index in enumerate(windows.positions()):
+            view = x[index]
+            for f in range(len(weight)):
+                out[f].addcmul_(view, flat[f, j])
+        ctx.save_for_backward(x, weight)
+        ctx.windows = windows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, weight = ctx.saved_tensors
+        windows: Windows = ctx.windows
+        flat = weight.reshape(len(weight), -1)
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(flat) if ctx.needs_input_grad[1] else None
+        shape = (len(weight),) + (1,) * (grad.dim() - 1)
+        for j, index in enumerate(windows.positions()):
+            if grad_x is not None:
+                grad_x[index] += (grad * flat[:, j].reshape(shape)).sum(0)
+            if grad_w is not None:
+                grad_w[:, j] = (grad * x[index]).flatten(1).sum(1)
+        return grad_x, None if grad_w is None else grad_w.reshape(weight.shape), None
+
+
+class StochasticPick(torch.autograd.Function):
+    """Training-time stochastic pooling of ``a = relu(x)``: in each window, the first position whose running
+    sum of ``a`` exceeds ``u`` times the window's total (``u`` uniform in [0, 1), one per window), i.e. position
+    ``j`` with probability ``a_j / sum a``; the gradient goes to the picked element."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, u: torch.Tensor, windows: Windows) -> torch.Tensor:
+        positions = windows.positions()
+        total = torch.zeros(u.shape, dtype=x.dtype, device=x.device)
+        for index in positions:
+            total += x[index].clamp(min=0)
+        threshold, running = u * total, torch.zeros_like(total)
+        picked = torch.zeros(u.shape, dtype=torch.int64, device=x.device)
+        for index in positions[:-1]:  # count the positions whose running sum stays at or below the threshold
+            running += x[index].clamp(min=0)
+            picked += running <= threshold
+        out = torch.zeros_like(total)
+        for j, index in enumerate(positions):
+            out = torch.where(picked == j, x[index].clamp(min=0), out)
+        ctx.save_for_backward(x, picked)
+        ctx.windows = windows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        x, picked = ctx.saved_tensors
+        windows: Windows = ctx.windows
+        grad_x = torch.zeros_like(x)
+        for j, index in enumerate(windows.positions()):
+            grad_x[index] += torch.where((picked == j) & (x[index] > 0), grad, 0.0)
+        return grad_x, None, None
