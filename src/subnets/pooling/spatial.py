@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from subnets.pooling.windows import PowerMean, SoftMean, StochasticPick, WindowFilters, Windows
+from subnets.pooling.windows import GatedMix, PowerMean, SoftMean, StochasticPick, WindowFilters, Windows
 
 _AVG = {1: F.avg_pool1d, 2: F.avg_pool2d}
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d}
@@ -205,6 +205,9 @@ class GatedPool(_WindowFilters):
         self.gate = nn.Parameter(torch.randn(self.kernel_size) / fan_in)
 
     def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+        windows = Windows(tuple(x.shape[2:]), kernel, stride)
+        if not windows.whole:
+            return GatedMix.apply(x, self.gate, windows)
         a = torch.sigmoid(self.responses(x, self.gate.unsqueeze(0), kernel, stride)[0])
         top, mean = _MAX[self.dim](x, kernel, stride), _AVG[self.dim](x, kernel, stride)
         return mean + a * (top - mean)

@@ -61,6 +61,15 @@ class Windows:
         return out
 
 
+def _window_max(x: torch.Tensor, windows: Windows) -> torch.Tensor:
+    """The maximum of each window, from the strided views (no indices computed, unlike max pooling)."""
+    indices = windows.positions()
+    top = x[indices[0]].clone()
+    for index in indices[1:]:
+        torch.maximum(top, x[index], out=top)
+    return top
+
+
 def _reduced(grad: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
     return None if grad is None else grad.sum_to_size(shape)
 
@@ -68,13 +77,13 @@ def _reduced(grad: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | Non
 class PowerMean(torch.autograd.Function):
     """``(window mean of max(x, eps)^p)^(1/p)`` with ``p`` broadcastable to ``(1, C, 1, ...)``.
 
-    Saves ``x^p`` (one input-sized tensor) for the backward pass; ``log x`` is recomputed there only when p
-    needs a gradient.
+    Saves ``x^p`` (one input-sized tensor) for the backward pass, where ``x^p log x = x^p log(x^p) / p`` gives
+    p's gradient.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: torch.Tensor, eps: float, windows: Windows) -> torch.Tensor:
-        powers = x.clamp(min=eps).log_().mul_(p).exp_()
+        powers = x.clamp(min=eps).pow_(p)
         mean = windows.mean(powers)
         out = mean.pow(1.0 / p)
         ctx.save_for_backward(x, p, powers, mean, out)
@@ -88,10 +97,11 @@ class PowerMean(torch.autograd.Function):
         grad_x = grad_p = None
         if ctx.needs_input_grad[0]:
             # d out / d x_j = out / (count * mean) * x_j^(p - 1), for x_j above eps.
-            grad_x = windows.spread(grad * out / (mean * windows.count), x)
-            grad_x.mul_(powers).div_(x).masked_fill_(x < ctx.eps, 0.0)
+            scale = grad * out / (mean * windows.count)
+            grad_x = powers * scale if windows.whole else windows.spread(scale, x).mul_(powers)
+            grad_x.div_(x).masked_fill_(x < ctx.eps, 0.0)
         if ctx.needs_input_grad[1]:
-            weighted = windows.mean(x.clamp(min=ctx.eps).log_().mul_(powers))  # window mean of x^p log x
+            weighted = windows.mean(powers.log().mul_(powers)) / p  # window mean of x^p log x
             grad_p = _reduced(grad * out * (weighted / mean - mean.log() / p) / p, p.shape)
         return grad_x, grad_p, None, None
 
@@ -101,7 +111,7 @@ class SoftMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, windows: Windows) -> torch.Tensor:
-        top = windows.max(x)
+        top = windows.max(x) if windows.whole else _window_max(x, windows)
         if windows.whole:
             e = (x - top).exp_()
             total = e.sum(windows.spatial(), keepdim=True)
@@ -154,12 +164,14 @@ class WindowFilters(torch.autograd.Function):
         flat = weight.reshape(len(weight), -1)
         grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         grad_w = torch.zeros_like(flat) if ctx.needs_input_grad[1] else None
-        shape = (len(weight),) + (1,) * (grad.dim() - 1)
+        rows = grad.reshape(len(weight), -1)
         for j, index in enumerate(windows.positions()):
             if grad_x is not None:
-                grad_x[index] += (grad * flat[:, j].reshape(shape)).sum(0)
+                view = grad_x[index]
+                for f in range(len(weight)):
+                    view.addcmul_(grad[f], flat[f, j])
             if grad_w is not None:
-                grad_w[:, j] = (grad * x[index]).flatten(1).sum(1)
+                grad_w[:, j] = rows @ x[index].reshape(-1)
         return grad_x, None if grad_w is None else grad_w.reshape(weight.shape), None
 
 
@@ -170,27 +182,78 @@ class StochasticPick(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, u: torch.Tensor, windows: Windows) -> torch.Tensor:
-        positions = windows.positions()
-        total = torch.zeros(u.shape, dtype=x.dtype, device=x.device)
-        for index in positions:
-            total += x[index].clamp(min=0)
+        values = [x[index].clamp(min=0) for index in windows.positions()]
+        total = values[0].clone()
+        for value in values[1:]:
+            total += value
         threshold, running = u * total, torch.zeros_like(total)
         picked = torch.zeros(u.shape, dtype=torch.int64, device=x.device)
-        for index in positions[:-1]:  # count the positions whose running sum stays at or below the threshold
-            running += x[index].clamp(min=0)
+        for value in values[:-1]:  # count the positions whose running sum stays at or below the threshold
+            running += value
             picked += running <= threshold
-        out = torch.zeros_like(total)
-        for j, index in enumerate(positions):
-            out = torch.where(picked == j, x[index].clamp(min=0), out)
-        ctx.save_for_backward(x, picked)
+        out = values[-1]
+        for j in range(len(values) - 1):
+            out = torch.where(picked == j, values[j], out)
+        ctx.save_for_backward(x, picked, out)
         ctx.windows = windows
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        x, picked = ctx.saved_tensors
+        x, picked, out = ctx.saved_tensors
         windows: Windows = ctx.windows
+        passed = torch.where(out > 0, grad, 0.0)  # relu's gradient at the picked element
         grad_x = torch.zeros_like(x)
         for j, index in enumerate(windows.positions()):
-            grad_x[index] += torch.where((picked == j) & (x[index] > 0), grad, 0.0)
+            grad_x[index] += torch.where(picked == j, passed, 0.0)
         return grad_x, None, None
+
+
+class GatedMix(torch.autograd.Function):
+    """Gated pooling in one sweep of the window: ``mean + a (max - mean)`` with ``a = sigmoid(sum_j w_j x_j)``.
+
+    Saves the position of each window's maximum (one byte per output) and the gate; the input gradient is
+    written once, position by position.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gate: torch.Tensor, windows: Windows) -> torch.Tensor:
+        flat = gate.reshape(-1)
+        indices = windows.positions()
+        top, total = x[indices[0]].clone(), x[indices[0]].clone()
+        where = torch.zeros(top.shape, dtype=torch.uint8, device=x.device)
+        response = x[indices[0]] * flat[0]
+        for j, index in enumerate(indices[1:], start=1):
+            view = x[index]
+            larger = view > top
+            where.masked_fill_(larger, j)
+            torch.maximum(top, view, out=top)
+            total += view
+            response.addcmul_(view, flat[j])
+        mean = total.div_(windows.count)
+        a = torch.sigmoid(response)
+        out = torch.addcmul(mean, a, top - mean)
+        ctx.save_for_backward(x, gate, where, a, top, mean)
+        ctx.windows = windows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, gate, where, a, top, mean = ctx.saved_tensors
+        windows: Windows = ctx.windows
+        flat = gate.reshape(-1)
+        to_top = grad * a
+        to_each = (grad - to_top).div_(windows.count)  # the mean's share, the same for every position
+        to_response = grad * (top - mean) * a * (1 - a)
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        grad_gate = torch.zeros_like(flat) if ctx.needs_input_grad[1] else None
+        rows = to_response.reshape(-1)
+        for j, index in enumerate(windows.positions()):
+            if grad_x is not None:
+                view = grad_x[index]
+                view += to_each
+                view.addcmul_(to_response, flat[j])
+                view += torch.where(where == j, to_top, 0.0)
+            if grad_gate is not None:
+                grad_gate[j] = rows @ x[index].reshape(-1)
+        return grad_x, None if grad_gate is None else grad_gate.reshape(gate.shape), None
