@@ -19,6 +19,7 @@ CASES = {
     "conv6": ((1, 28, 28), {}),
     "resnet20": ((1, 28, 28), {}),
     "cnn1d": ((1, 40), {}),
+    "lenet5": ((1, 28, 28), {}),
 }
 
 
@@ -164,6 +165,8 @@ def test_unknown_model_lists_the_known_ones() -> None:
         ("conv6", (1, 4, 4), {}, "H, W >= 8"),
         ("resnet20", (1, 40), {}, r"'resnet20' needs input_shape \(C, H, W\)"),
         ("cnn1d", (1, 28, 28), {}, r"'cnn1d' needs input_shape \(C, L\), got \(1, 28, 28\)"),
+        ("lenet5", (1, 12, 28), {}, r"'lenet5' needs H, W >= 14"),
+        ("lenet5", (28, 28), {}, r"'lenet5' needs input_shape \(C, H, W\)"),
         ("lenet300_100", (0, 28), {}, r"input_shape must be a tuple of positive ints, got \(0, 28\)"),
     ],
 )

@@ -14,12 +14,11 @@ from rich.console import Console
 from rich.table import Table
 
 from subnets.data import DatasetUnavailable, dataset_info
+from subnets.runs.kind_pages import TABLES
+from subnets.runs.pages import markdown_table
 from subnets.runs.progress import BarProgress
 from subnets.runs.recipe import RecipeError
 from subnets.runs.report import lottery_markdown, summarize_levels
-from subnets.runs.report_experts import TABLES as EXPERTS_TABLES
-from subnets.runs.report_experts import markdown_table
-from subnets.runs.report_pooling import TABLES as POOLING_TABLES
 from subnets.runs.runner import default_store, report, run_recipe, show
 from subnets.runs.store import RunBusy, Store, UnknownRun
 from subnets.train import Execution, WorkerFailed
@@ -135,7 +134,7 @@ def show_command(run: str, store_path: Path | None, as_json: bool, markdown: boo
     if as_json:
         click.echo(json.dumps(view))
         return
-    rows_of = {**EXPERTS_TABLES, **POOLING_TABLES}.get(view["kind"])
+    rows_of = TABLES.get(view["kind"])
     if markdown:
         click.echo(markdown_table(rows_of(view["levels"])) if rows_of else lottery_markdown(view["levels"]), nl=False)
         return

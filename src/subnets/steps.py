@@ -9,9 +9,12 @@ method families only see this protocol.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
+
+from subnets.progress import Progress
 
 Tensors = dict[str, torch.Tensor]
 
@@ -52,3 +55,26 @@ def derive_seed(*parts: object) -> int:
     """A 63-bit seed determined by ``parts`` (e.g. the recipe seed, a level and a purpose)."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def run_trainings(steps: StepStore, progress: Progress, task: str, variants: Sequence[str], seeds: Sequence[int],
+                  train: Callable[[str, int], tuple[dict[str, Any], dict[str, Tensors]]],
+                  describe: Callable[[dict[str, Any]], str]) -> list[dict[str, Any]]:
+    """Run (or resume) one training per variant and seed (seeds outer), each stored as the step
+    ``{variant}/s{seed}``; ``describe(result)`` is the log line after the key. Returns every step's result."""
+    progress.start(task, len(variants) * len(seeds), f"trainings ({task} variant x seed)")
+    results = []
+    for seed in seeds:
+        for variant in variants:
+            key = f"{variant}/s{seed}"
+            found = steps.get_step(key)
+            if found is None:
+                found = train(variant, seed)
+                steps.put_step(key, *found)
+                line = f"{key}: {describe(found[0])}"
+                steps.log(line)
+                progress.log(line)
+            results.append(found[0])
+            progress.advance(task, 1, variant=variant, seed=seed)
+    progress.finish(task)
+    return results

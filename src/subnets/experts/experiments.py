@@ -28,7 +28,7 @@ from subnets.experts.moefy import MoefiedFeedForward, block_inputs, find_site, m
 from subnets.models import build_model
 from subnets.progress import SILENT, Progress
 from subnets.specs import ExperimentSpec, ModelSpec
-from subnets.steps import StepStore, Tensors, derive_seed
+from subnets.steps import StepStore, Tensors, derive_seed, run_trainings
 from subnets.train import TrainConfig, evaluate, train
 
 DENSE_VARIANTS = ("dense-active", "dense-total")
@@ -158,25 +158,14 @@ class MoEExperiment:
 
     def run(self, steps: StepStore) -> list[dict[str, Any]]:
         """Run (or resume) every variant and seed, storing each training as one step."""
-        units = [(variant, seed) for seed in self.config.seeds for variant in self.config.variants]
-        self.progress.start("moe", len(units), "trainings (variant x seed)")
-        results = []
-        for variant, seed in units:
-            key = f"{variant}/s{seed}"
-            found = steps.get_step(key)
-            if found is None:
-                result, tensors = self._train(variant, seed)
-                steps.put_step(key, result, tensors)
-                line = (f"{key}: test acc {100 * result['test_acc']:.2f}%"
-                        + (f", MaxVio {result['max_violation_end']:.3f}" if "max_violation_end" in result else "")
-                        + f", {result['seconds']:.1f}s")
-                steps.log(line)
-                self.progress.log(line)
-                found = (result, tensors)
-            results.append(found[0])
-            self.progress.advance("moe", 1, variant=variant, seed=seed)
-        self.progress.finish("moe")
-        return results
+        return run_trainings(steps, self.progress, "moe", self.config.variants, self.config.seeds, self._train,
+                             self._describe)
+
+    @staticmethod
+    def _describe(result: dict[str, Any]) -> str:
+        return (f"test acc {100 * result['test_acc']:.2f}%"
+                + (f", MaxVio {result['max_violation_end']:.3f}" if "max_violation_end" in result else "")
+                + f", {result['seconds']:.1f}s")
 
     def _train(self, variant: str, seed: int) -> tuple[dict[str, Any], dict[str, Tensors]]:
         model = self.build(variant, seed)

@@ -19,7 +19,7 @@ from subnets.pooling.factory import pool_names, swap_pooling
 from subnets.pooling.spatial import SpatialPool
 from subnets.progress import SILENT, Progress
 from subnets.specs import ExperimentSpec, ModelSpec
-from subnets.steps import StepStore, Tensors, derive_seed
+from subnets.steps import StepStore, Tensors, derive_seed, run_trainings
 from subnets.train import TrainConfig, train
 
 SPATIAL_POOLS = tuple(name for name in pool_names(2) if name != "spp")
@@ -76,23 +76,8 @@ class PoolingExperiment:
 
     def run(self, steps: StepStore) -> list[dict[str, Any]]:
         """Run (or resume) every pool and seed, storing each training as one step."""
-        units = [(pool, seed) for seed in self.config.seeds for pool in self.config.pools]
-        self.progress.start("pooling", len(units), "trainings (pool x seed)")
-        results = []
-        for pool, seed in units:
-            key = f"{pool}/s{seed}"
-            found = steps.get_step(key)
-            if found is None:
-                result, tensors = self._train(pool, seed)
-                steps.put_step(key, result, tensors)
-                line = f"{key}: test acc {100 * result['test_acc']:.2f}%, {result['seconds']:.1f}s"
-                steps.log(line)
-                self.progress.log(line)
-                found = (result, tensors)
-            results.append(found[0])
-            self.progress.advance("pooling", 1, pool=pool, seed=seed)
-        self.progress.finish("pooling")
-        return results
+        return run_trainings(steps, self.progress, "pooling", self.config.pools, self.config.seeds, self._train,
+                             lambda result: f"test acc {100 * result['test_acc']:.2f}%, {result['seconds']:.1f}s")
 
     def _train(self, pool: str, seed: int) -> tuple[dict[str, Any], dict[str, Tensors]]:
         model, swapped = self.build(pool, seed)

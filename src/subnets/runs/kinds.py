@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
-from subnets.data import load_dataset
+from subnets.data import Dataset, load_dataset
 from subnets.experts.experiments import MoEConfig, MoEExperiment, MoefyConfig, MoefyExperiment
 from subnets.experts.moefy_minilm import MoefyMiniLMConfig, MoefyMiniLMExperiment
+from subnets.pooling.embeddings import PoolingEmbeddingsConfig, PoolingEmbeddingsExperiment
 from subnets.pooling.experiments import PoolingConfig, PoolingExperiment
 from subnets.progress import Progress
 from subnets.steps import StepStore
@@ -49,16 +50,16 @@ def _prepare_lottery(config: LotteryConfig, device: torch.device, progress: Prog
     return Prepared(data.source, experiment.run)
 
 
-def _prepare_moe(config: MoEConfig, device: torch.device, progress: Progress, execution: Execution) -> Prepared:
-    config.data.check()
-    data = load_dataset(config.data.name, **config.data.options).to(device)
-    return Prepared(data.source, MoEExperiment(config, data, device, progress).run)
+def _on_data(experiment: Callable[[Any, Dataset, torch.device, Progress], Any]) -> Callable[..., Prepared]:
+    """The ``prepare`` of a kind whose experiment takes ``(config, data, device, progress)`` and has ``run``:
+    the recipe's dataset is checked, loaded and moved to the device first."""
 
+    def prepare(config: Any, device: torch.device, progress: Progress, execution: Execution) -> Prepared:
+        config.data.check()
+        data = load_dataset(config.data.name, **config.data.options).to(device)
+        return Prepared(data.source, experiment(config, data, device, progress).run)
 
-def _prepare_moefy(config: MoefyConfig, device: torch.device, progress: Progress, execution: Execution) -> Prepared:
-    config.data.check()
-    data = load_dataset(config.data.name, **config.data.options).to(device)
-    return Prepared(data.source, MoefyExperiment(config, data, device, progress).run)
+    return prepare
 
 
 def _prepare_moefy_minilm(config: MoefyMiniLMConfig, device: torch.device, progress: Progress,
@@ -67,17 +68,17 @@ def _prepare_moefy_minilm(config: MoefyMiniLMConfig, device: torch.device, progr
     return Prepared(experiment.source, experiment.run)
 
 
-def _prepare_pooling(config: PoolingConfig, device: torch.device, progress: Progress,
-                     execution: Execution) -> Prepared:
-    config.data.check()
-    data = load_dataset(config.data.name, **config.data.options).to(device)
-    return Prepared(data.source, PoolingExperiment(config, data, device, progress).run)
+def _prepare_pooling_embeddings(config: PoolingEmbeddingsConfig, device: torch.device, progress: Progress,
+                                execution: Execution) -> Prepared:
+    experiment = PoolingEmbeddingsExperiment(config, device, progress)
+    return Prepared(experiment.source, experiment.run)
 
 
 KINDS: dict[str, Kind] = {
     "lottery": Kind("lottery", LotteryConfig, _prepare_lottery),
-    "moe": Kind("moe", MoEConfig, _prepare_moe),
-    "moefy": Kind("moefy", MoefyConfig, _prepare_moefy),
+    "moe": Kind("moe", MoEConfig, _on_data(MoEExperiment)),
+    "moefy": Kind("moefy", MoefyConfig, _on_data(MoefyExperiment)),
     "moefy-minilm": Kind("moefy-minilm", MoefyMiniLMConfig, _prepare_moefy_minilm),
-    "pooling": Kind("pooling", PoolingConfig, _prepare_pooling),
+    "pooling": Kind("pooling", PoolingConfig, _on_data(PoolingExperiment)),
+    "pooling-embeddings": Kind("pooling-embeddings", PoolingEmbeddingsConfig, _prepare_pooling_embeddings),
 }

@@ -45,10 +45,9 @@ def write_report(run: dict[str, Any], units: list[dict[str, Any]], out_dir: Path
     """Write the report of ``run`` (its page and plots) into ``out_dir`` and return the page's path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from subnets.runs.report_experts import PAGES as experts_pages  # these import this module's helpers
-    from subnets.runs.report_pooling import PAGES as pooling_pages
+    from subnets.runs.kind_pages import PAGES  # those pages import this module's helpers
 
-    body = {**_PAGES, **experts_pages, **pooling_pages}.get(run.get("kind", ""), _generic_body)(run, units, out_dir)
+    body = {**_PAGES, **PAGES}.get(run.get("kind", ""), _generic_body)(run, units, out_dir)
     index = out_dir / "index.html"
     _atomic_write(index, _page(run, body).encode("utf-8"))
     return index

@@ -14,6 +14,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from subnets.runs import report as base
+from subnets.runs.pages import group_by, markdown_table, mean_curve, mean_std, page
 
 Units = list[dict[str, Any]]
 _VARIANT_ORDER = ("dense-active", "dense-total", "none", "switch-micro", "switch-global", "switch-z", "loss-free",
@@ -27,22 +28,8 @@ def _color(variant: str) -> str:
     return f"C{_VARIANT_ORDER.index(variant) % 10}" if variant in _VARIANT_ORDER else "gray"
 
 
-def _by(units: Units, key: Callable[[dict[str, Any]], Any]) -> dict[Any, Units]:
-    groups: dict[Any, Units] = {}
-    for unit in units:
-        groups.setdefault(key(unit), []).append(unit)
-    return groups
-
-
-def _ms(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    if not values:
-        return "–"
-    mean, std = base._mean_std(values)
-    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
-
-
 def _variants(units: Units) -> dict[str, Units]:
-    groups = _by(units, lambda u: u.get("variant"))
+    groups = group_by(units, lambda u: u.get("variant"))
     order = {v: i for i, v in enumerate(_VARIANT_ORDER)}
     return dict(sorted(groups.items(), key=lambda item: (order.get(item[0], len(order)), str(item[0]))))
 
@@ -56,45 +43,19 @@ def moe_rows(units: Units) -> list[dict[str, str]]:
             "variant": variant,
             "seeds": str(len(group)),
             "params (active / total)": f"{group[0]['active_parameters']:,} / {group[0]['parameters']:,}",
-            "test acc % (early stop)": _ms(base._values(group, "test_acc"), 100),
-            "test acc % (end)": _ms(base._values(group, "test_acc_end"), 100),
-            "MaxVio, last 10% of training": _ms(base._values(group, "max_violation_end"), 1, 3),
-            "MaxVio, test set": _ms([t["max_violation"] for t in test], 1, 3),
-            "router entropy, test": _ms([t["router_entropy"] for t in test], 1, 3),
-            "seconds": _ms(base._values(group, "seconds"), 1, 1),
+            "test acc % (early stop)": mean_std(base._values(group, "test_acc"), 100),
+            "test acc % (end)": mean_std(base._values(group, "test_acc_end"), 100),
+            "MaxVio, last 10% of training": mean_std(base._values(group, "max_violation_end"), 1, 3),
+            "MaxVio, test set": mean_std([t["max_violation"] for t in test], 1, 3),
+            "router entropy, test": mean_std([t["router_entropy"] for t in test], 1, 3),
+            "seconds": mean_std(base._values(group, "seconds"), 1, 1),
         })
     return rows
-
-
-def markdown_table(rows: list[dict[str, str]]) -> str:
-    if not rows:
-        return ""
-    head = list(rows[0])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r[h] for h in head) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _html(rows: list[dict[str, str]]) -> str:
-    if not rows:
-        return "<p>No finished units yet.</p>"
-    head = "".join(f"<th>{base._esc(h)}</th>" for h in rows[0])
-    body = "\n".join("<tr>" + "".join(f"<td>{base._esc(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>"
 
 
 def moe_markdown(units: Units) -> str:
     """The ``moe`` summary table as Markdown."""
     return markdown_table(moe_rows(units))
-
-
-def _mean_curve(group: Units, section: str, key: str) -> tuple[list[float], list[float]]:
-    curves = [u[section] for u in group if u.get(section) and u[section].get(key)]
-    if not curves:
-        return [], []
-    length = min(len(c[key]) for c in curves)
-    xs = [float(x) for x in curves[0]["iteration"][:length]]
-    return xs, [statistics.fmean(float(c[key][i]) for c in curves) for i in range(length)]
 
 
 def _plot_diagnostic(units: Units, key: str, path: Path) -> bool:
@@ -103,7 +64,7 @@ def _plot_diagnostic(units: Units, key: str, path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for variant, group in groups.items():
-        xs, ys = _mean_curve(group, "diagnostics", key)
+        xs, ys = mean_curve(group, "diagnostics", key)
         ax.plot(xs, ys, label=variant, color=_color(variant))
     ax.set_xlabel("training iteration")
     ax.set_ylabel(_DIAGNOSTIC_LABELS[key])
@@ -122,7 +83,7 @@ def _plot_accuracy(units: Units, path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for variant, group in groups.items():
-        xs, ys = _mean_curve(group, "curve", "test_acc")
+        xs, ys = mean_curve(group, "curve", "test_acc")
         ax.plot(xs, [100 * y for y in ys], label=variant, color=_color(variant),
                 linestyle="--" if variant.startswith("dense") else "-")
     ax.set_xlabel("training iteration")
@@ -159,20 +120,10 @@ def _plot_test_load(units: Units, path: Path) -> bool:
     return True
 
 
-def _page(summary: str, heading: str, note: str, rows: list[dict[str, str]], out_dir: Path,
-          plots: list[tuple[str, Callable[[Path], bool], str]]) -> str:
-    """A report page: a summary line, the results table under ``heading`` with its ``note``, then every plot
-    ``(file name, draw(path) -> drawn?, caption)`` that has something to draw."""
-    figures = [f"<figure><img src='{name}' alt='{base._esc(caption)}'><figcaption>{base._esc(caption)}"
-               "</figcaption></figure>" for name, plot, caption in plots if plot(out_dir / name)]
-    return "\n".join([f"<p class='summary'>{summary}</p>", f"<h2>{heading}</h2>\n<p class='note'>{note}</p>",
-                      _html(rows), "<h2>Plots</h2>\n" + "\n".join(figures) if figures else ""])
-
-
 def moe_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
     """The ``moe`` page."""
     seeds = sorted({u["seed"] for u in units})
-    return _page(
+    return page(
         f"{len(_variants(units))} variants; seeds {', '.join(map(str, seeds)) or '–'}; {len(units)} trainings.",
         "Results per variant", "Mean ± population std over seeds. MaxVio = max load / mean load - 1 over the "
         "experts, per training batch (averaged over the last 10% of steps) and over the whole test set with the "
@@ -192,15 +143,15 @@ def moefy_rows(units: Units) -> list[dict[str, str]]:
     the trained router, the oracle choice and a random choice; the dense accuracy for reference."""
     dense = [u["test_acc_final"] for u in units if u.get("step") == "dense"]
     rows = []
-    splits = _by([u for u in units if u.get("step") == "moefy"], lambda u: (u["layer"], u["experts"], u["method"]))
+    splits = group_by([u for u in units if u.get("step") == "moefy"], lambda u: (u["layer"], u["experts"], u["method"]))
     for (layer, experts, method), group in sorted(splits.items()):
         row = {"layer": layer, "experts": str(experts), "method": method,
                "neurons per expert": f"{group[0]['expert_sizes'][0]}–{group[0]['expert_sizes'][1]}",
-               "dense": _ms(dense, 100)}
+               "dense": mean_std(dense, 100)}
         for label, k in (("1/4", max(1, experts // 4)), ("1/2", max(1, experts // 2))):
             for selection in ("router", "oracle", "random"):
-                row[f"{selection} k={label}"] = _ms([u["test_acc"][selection][k - 1] for u in group], 100)
-        row["all active"] = _ms([u["test_acc"]["router"][-1] for u in group], 100)
+                row[f"{selection} k={label}"] = mean_std([u["test_acc"][selection][k - 1] for u in group], 100)
+        row["all active"] = mean_std([u["test_acc"]["router"][-1] for u in group], 100)
         rows.append(row)
     return rows
 
@@ -211,13 +162,13 @@ def moefy_markdown(units: Units) -> str:
 
 
 def _plot_moefy(units: Units, path: Path) -> bool:
-    splits = _by([u for u in units if u.get("step") == "moefy"], lambda u: u["layer"])
+    splits = group_by([u for u in units if u.get("step") == "moefy"], lambda u: u["layer"])
     if not splits:
         return False
     dense = [100 * u["test_acc_final"] for u in units if u.get("step") == "dense"]
     fig, axes = plt.subplots(1, len(splits), figsize=(6.2 * len(splits), 4.4), squeeze=False)
     for ax, (layer, layer_units) in zip(axes[0], sorted(splits.items()), strict=True):
-        configs = _by(layer_units, lambda u: (u["experts"], u["method"]))
+        configs = group_by(layer_units, lambda u: (u["experts"], u["method"]))
         for i, ((experts, method), group) in enumerate(sorted(configs.items())):
             fractions = [k / experts for k in group[0]["k"]]
             for selection, style in (("router", "-"), ("oracle", "--"), ("random", ":")):
@@ -241,7 +192,7 @@ def _plot_moefy(units: Units, path: Path) -> bool:
 def moefy_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
     """The ``moefy`` page."""
     dense = [u for u in units if u.get("step") == "dense"]
-    return _page(
+    return page(
         f"{len(dense)} dense trainings, {len(units) - len(dense)} splits.",
         "Test accuracy with a fraction of the experts active", "Mean ± population std over seeds. router: the "
         "trained router's top-k; oracle: the k experts whose outputs are largest for each input; random: k "
@@ -275,7 +226,7 @@ def moefy_minilm_rows(units: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 def _plot_minilm(units: Units, path: Path) -> bool:
-    configs = _by(units, lambda u: (u["experts"], u["method"]))
+    configs = group_by(units, lambda u: (u["experts"], u["method"]))
     if not configs:
         return False
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
@@ -297,7 +248,7 @@ def _plot_minilm(units: Units, path: Path) -> bool:
 
 def moefy_minilm_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
     """The ``moefy-minilm`` page."""
-    return _page(
+    return page(
         f"{len(units)} splits of the six FFNs of all-MiniLM-L6-v2.",
         "Held-out embeddings with a fraction of the experts active", "Cosine similarity of each held-out "
         "sentence's embedding to the dense model's (mean over sentences, mean over seeds). Speed-ups are the dense "

@@ -16,14 +16,14 @@ import matplotlib.pyplot as plt
 from subnets.pooling.factory import pool_names
 from subnets.pooling.statistics import holm, paired_comparison
 from subnets.runs import report as base
-from subnets.runs.report_experts import _by, _mean_curve, _ms, _page, markdown_table
+from subnets.runs.pages import group_by, markdown_table, mean_curve, mean_std, p_value, page
 
 Units = list[dict[str, Any]]
 
 
 def _pools(units: Units) -> dict[str, Units]:
     """Units by pool: the baseline first, then in the order of ``pool_names``."""
-    groups, baseline = _by(units, lambda u: u["pool"]), _baseline(units)
+    groups, baseline = group_by(units, lambda u: u["pool"]), _baseline(units)
     order = {name: i for i, name in enumerate(pool_names(2))}
     return dict(sorted(groups.items(), key=lambda item: (item[0] != baseline, order.get(item[0], len(order)))))
 
@@ -31,12 +31,6 @@ def _pools(units: Units) -> dict[str, Units]:
 def _baseline(units: Units) -> str:
     """The pool the others are compared with (each unit records its recipe's)."""
     return units[0].get("baseline", "max") if units else "max"
-
-
-def _p(value: float | None) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
 
 
 def _learned(group: Units) -> str:
@@ -73,16 +67,16 @@ def pooling_rows(units: Units) -> list[dict[str, str]]:
         rows.append({
             "pool": pool,
             "seeds": str(len(group)),
-            "test acc % (early stop)": _ms(base._values(group, "test_acc"), 100),
-            "test acc % (end)": _ms(base._values(group, "test_acc_end"), 100),
+            "test acc % (early stop)": mean_std(base._values(group, "test_acc"), 100),
+            "test acc % (end)": mean_std(base._values(group, "test_acc_end"), 100),
             f"Δ vs {_baseline(units)} (pts) [95% CI]": "baseline" if test is None else (
                 f"{100 * test['mean_diff']:+.2f}" + (f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "")),
-            "p (paired t)": "–" if test is None else _p(test["p_t"]),
-            "p (Holm)": "–" if test is None else _p(test["p_t_holm"]),
-            "p (Wilcoxon)": "–" if test is None else _p(test["p_wilcoxon"]),
+            "p (paired t)": "–" if test is None else p_value(test["p_t"]),
+            "p (Holm)": "–" if test is None else p_value(test["p_t_holm"]),
+            "p (Wilcoxon)": "–" if test is None else p_value(test["p_wilcoxon"]),
             "wins/ties/losses": "–" if test is None else f"{test['wins']}/{test['ties']}/{test['losses']}",
             "learned (mean over seeds)": _learned(group),
-            "seconds": _ms(base._values(group, "seconds"), 1, 1),
+            "seconds": mean_std(base._values(group, "seconds"), 1, 1),
         })
     return rows
 
@@ -142,7 +136,7 @@ def _plot_curves(units: Units, path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for i, (pool, group) in enumerate(groups.items()):
-        xs, ys = _mean_curve(group, "curve", "val_acc")
+        xs, ys = mean_curve(group, "curve", "val_acc")
         ax.plot(xs, [100 * y for y in ys], label=pool, color=f"C{i % 10}", linestyle="-" if i < 10 else "--")
     ax.set_xlabel("training iteration")
     ax.set_ylabel("validation accuracy (%)")
@@ -156,7 +150,7 @@ def _plot_curves(units: Units, path: Path) -> bool:
 def pooling_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
     """The ``pooling`` page."""
     seeds = sorted({u["seed"] for u in units})
-    return _page(
+    return page(
         f"{len(_pools(units))} pools; seeds {', '.join(map(str, seeds)) or '–'}; {len(units)} trainings.",
         "Results per pool", "Accuracy: mean ± population std over seeds, at the early-stop iteration (lowest "
         "validation loss) and at the end. Δ: mean over seeds of (pool − baseline) for the same seed (same initial "
