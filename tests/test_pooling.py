@@ -847,3 +847,23 @@ def test_swap_pooling_nested_model_keeps_kernel_stride_and_channels() -> None:
     assert model.features[2].conv.stride == (2, 2)
     assert model.features[4].conv.in_channels == 6 and model.features[4].conv.kernel_size == (2, 2)
     assert model(x).shape == before.shape
+
+
+@pytest.mark.parametrize("name", ["gem", "lp", "softpool", "gated", "tree"])
+def test_windows_that_tile_the_map_exactly_give_the_same_gradients_as_gradcheck(name: str) -> None:
+    """When every element is in exactly one window, input gradients are written into an uninitialised tensor:
+    every element must still be written."""
+    torch.manual_seed(3)
+    pool = create_pool(name, 2).double()
+    x = torch.rand(2, 3, 8, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(pool, (x,))
+
+
+def test_stochastic_gradient_reaches_one_element_per_window_on_an_exactly_tiled_map() -> None:
+    torch.manual_seed(4)
+    pool = create_pool("stochastic", 2)
+    x = torch.rand(2, 3, 8, 6, requires_grad=True)
+    out = pool(x)
+    out.sum().backward()
+    assert x.grad.sum().item() == (out > 0).sum().item()
+    assert set(x.grad.unique().tolist()) <= {0.0, 1.0}

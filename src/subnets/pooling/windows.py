@@ -28,6 +28,8 @@ class Windows:
         self.out_size = tuple((n - k) // s + 1 for n, k, s in zip(size, kernel, stride, strict=True))
         self.count = math.prod(kernel)
         self.whole = kernel == size  # one window: the whole map
+        # Every element in exactly one window: gradients can be written, not added into zeros.
+        self.exact = stride == kernel and all(n % k == 0 for n, k in zip(size, kernel, strict=True))
 
     def positions(self) -> list[tuple[object, ...]]:
         """For each position inside the window (row-major), the index of its output-shaped view."""
@@ -55,10 +57,32 @@ class Windows:
         """An input-shaped tensor whose every element is the sum of ``g`` over the windows that hold it."""
         if self.whole:
             return g.expand_as(like).contiguous()
-        out = torch.zeros_like(like)
+        out = self.gradient_like(like)
         for index in self.positions():
-            out[index] += g
+            self.put(out, index, g)
         return out
+
+    def times_spread(self, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``t * spread(g)`` (``t`` input-shaped and contiguous), in one broadcast product where the windows tile
+        the map exactly."""
+        if not self.exact or not t.is_contiguous():
+            return self.spread(g, t).mul_(t)
+        n, c = t.shape[:2]
+        blocks = [d for o, k in zip(self.out_size, self.kernel, strict=True) for d in (o, k)]
+        spread = g.reshape(n, c, *[d for o in self.out_size for d in (o, 1)])
+        return (t.view(n, c, *blocks) * spread).view(t.shape)
+
+    def gradient_like(self, like: torch.Tensor) -> torch.Tensor:
+        """A tensor like ``like`` for window contributions: zeros, or uninitialised where every element is in
+        exactly one window (each position's first contribution is then written with :meth:`put`)."""
+        return torch.empty_like(like) if self.exact else torch.zeros_like(like)
+
+    def put(self, gradient: torch.Tensor, index: tuple[object, ...], value: torch.Tensor) -> None:
+        """The first contribution ``value`` of position ``index`` to a :meth:`gradient_like` tensor."""
+        if self.exact:
+            gradient[index].copy_(value)
+        else:
+            gradient[index] += value
 
 
 def _window_max(x: torch.Tensor, windows: Windows) -> torch.Tensor:
@@ -98,7 +122,7 @@ class PowerMean(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # d out / d x_j = out / (count * mean) * x_j^(p - 1), for x_j above eps.
             scale = grad * out / (mean * windows.count)
-            grad_x = powers * scale if windows.whole else windows.spread(scale, x).mul_(powers)
+            grad_x = powers * scale if windows.whole else windows.times_spread(powers, scale)
             grad_x.div_(x).masked_fill_(x < ctx.eps, 0.0)
         if ctx.needs_input_grad[1]:
             weighted = windows.mean(powers.log().mul_(powers)) / p  # window mean of x^p log x
@@ -135,9 +159,9 @@ class SoftMean(torch.autograd.Function):
         # d out / d x_j = e_j / total * (1 + x_j - out)
         if windows.whole:
             return (x - top).exp_().mul_(x - out + 1).mul_(scale), None
-        grad_x = torch.zeros_like(x)
+        grad_x = windows.gradient_like(x)
         for index in windows.positions():
-            grad_x[index] += (x[index] - top).exp_().mul_(x[index] - out + 1).mul_(scale)
+            windows.put(grad_x, index, (x[index] - top).exp_().mul_(x[index] - out + 1).mul_(scale))
         return grad_x, None
 
 
@@ -148,11 +172,14 @@ class WindowFilters(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, windows: Windows) -> torch.Tensor:
         flat = weight.reshape(len(weight), -1)
-        out = x.new_zeros(len(weight), *x.shape[:2], *windows.out_size)
+        out = x.new_empty(len(weight), *x.shape[:2], *windows.out_size)
         for j, index in enumerate(windows.positions()):
             view = x[index]
             for f in range(len(weight)):
-                out[f].addcmul_(view, flat[f, j])
+                if j == 0:
+                    torch.mul(view, flat[f, 0], out=out[f])
+                else:
+                    out[f].addcmul_(view, flat[f, j])
         ctx.save_for_backward(x, weight)
         ctx.windows = windows
         return out
@@ -162,14 +189,17 @@ class WindowFilters(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         windows: Windows = ctx.windows
         flat = weight.reshape(len(weight), -1)
-        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        grad_x = windows.gradient_like(x) if ctx.needs_input_grad[0] else None
         grad_w = torch.zeros_like(flat) if ctx.needs_input_grad[1] else None
         rows = grad.reshape(len(weight), -1)
         for j, index in enumerate(windows.positions()):
             if grad_x is not None:
                 view = grad_x[index]
                 for f in range(len(weight)):
-                    view.addcmul_(grad[f], flat[f, j])
+                    if f == 0 and windows.exact:
+                        torch.mul(grad[0], flat[0, j], out=view)
+                    else:
+                        view.addcmul_(grad[f], flat[f, j])
             if grad_w is not None:
                 grad_w[:, j] = rows @ x[index].reshape(-1)
         return grad_x, None if grad_w is None else grad_w.reshape(weight.shape), None
@@ -203,9 +233,9 @@ class StochasticPick(torch.autograd.Function):
         x, picked, out = ctx.saved_tensors
         windows: Windows = ctx.windows
         passed = torch.where(out > 0, grad, 0.0)  # relu's gradient at the picked element
-        grad_x = torch.zeros_like(x)
+        grad_x = windows.gradient_like(x)
         for j, index in enumerate(windows.positions()):
-            grad_x[index] += torch.where(picked == j, passed, 0.0)
+            windows.put(grad_x, index, torch.where(picked == j, passed, 0.0))
         return grad_x, None, None
 
 
@@ -245,13 +275,13 @@ class GatedMix(torch.autograd.Function):
         to_top = grad * a
         to_each = (grad - to_top).div_(windows.count)  # the mean's share, the same for every position
         to_response = grad * (top - mean) * a * (1 - a)
-        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        grad_x = windows.gradient_like(x) if ctx.needs_input_grad[0] else None
         grad_gate = torch.zeros_like(flat) if ctx.needs_input_grad[1] else None
         rows = to_response.reshape(-1)
         for j, index in enumerate(windows.positions()):
             if grad_x is not None:
+                windows.put(grad_x, index, to_each)
                 view = grad_x[index]
-                view += to_each
                 view.addcmul_(to_response, flat[j])
                 view += torch.where(where == j, to_top, 0.0)
             if grad_gate is not None:
