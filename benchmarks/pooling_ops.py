@@ -8,12 +8,13 @@ shape (64, 64, 56, 56) that requires grad, and is measured against a baseline do
 - global (``global_pool=True``): every op that builds without ``size=`` (gated, tree and conv need it and are
   left out), against ``F.adaptive_max_pool2d(x, 1)``.
 
-Time: ``module(x).backward(g)`` with a fixed random ``g`` of the output's shape, one warm-up call per op, then
-the median over rounds in which every op (and every timm reference) runs once, in an order rotated each round so
-that machine noise hits all alike. Memory: each op in a fresh process (this file with a hidden flag) allocates
-the input and ``g`` and runs forward+backward twice; the first pass is a warm-up (it starts thread pools and
-faults in their arenas and code pages, some 35 MiB that stay); the op's peak extra memory is the rise of the
-process's resident high-water mark (``VmHWM``, reset first through ``/proc/self/clear_refs``) over the second.
+Time: ``module(x).backward(g)`` with a fixed random ``g`` of the output's shape, one warm-up call per op, then the
+median over rounds in which every op (and every timm reference) runs twice in a row, the second call timed (so that
+the allocator's state is the op's own, as in a training loop, not its predecessor's), in an order rotated each round
+so that machine noise hits all alike. Memory: each op in a fresh process (this file with a hidden flag) allocates
+the input and ``g`` and runs forward+backward twice; the first pass is a warm-up (it starts thread pools and faults
+in their arenas and code pages, some 35 MiB that stay); the op's peak extra memory is the rise of the process's
+resident high-water mark (``VmHWM``, reset first through ``/proc/self/clear_refs``) over the second.
 glibc's mmap threshold is fixed at 64 KiB in the child so that freed tensors go back to the system instead of
 serving the second pass. ``ru_maxrss`` is not used: a child inherits its parent's peak through exec, which hides
 the op's. The bytes each op keeps for backward (distinct storages saved by autograd, the input's excepted) are
@@ -187,6 +188,10 @@ def median_times(modules: dict[str, nn.Module], x: torch.Tensor, grads: dict[str
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
+            # The untimed call first leaves the allocator as this op left it, not as the op before did: glibc
+            # serves freed blocks again, so otherwise an op's time depended on its predecessor (max pooling
+            # measured 1.2x faster as the baseline than the same call elsewhere in the round).
+            seconds(modules[name], x, grads[name])
             times[name].append(seconds(modules[name], x, grads[name]))
     return {name: statistics.median(t) for name, t in times.items()}
 
