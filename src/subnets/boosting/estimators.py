@@ -1,0 +1,289 @@
+"""Boosted MLPs (Emami & Martinez-Munoz, "Sequential Training of Neural Networks with Gradient Boosting"):
+one hidden layer grown in stages of ``units_per_stage`` units, each stage fitted to the pseudo-residuals of the
+network so far, scaled by a line search and the shrinkage, then frozen.
+
+After ``fit``, ``model.module`` is one ordinary ``nn.Module`` with ``n_stages * units_per_stage`` hidden units
+(inputs standardised inside it); ``predict(X, stages=t)`` uses only the units of the first ``t`` stages, so one
+fitted model serves several compute budgets. The estimators follow scikit-learn's conventions (``fit``,
+``predict``, ``predict_proba``, ``score``, ``get_params``/``set_params``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import nn
+
+from subnets.boosting.losses import BinaryLogLoss, MultinomialDeviance, SquaredError
+
+_ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
+
+
+class BoostedNet(nn.Module):
+    """``out_bias + sum(stage_bias) + act(standardise(x) @ hidden_weight.T + hidden_bias) @ out_weight.T`` whose
+    hidden units come in stages of ``units`` each; stage ``s`` adds ``units`` hidden units and ``stage_bias[s]``.
+    ``forward(x, stages=t)`` is exactly the boosted model after ``t`` stages."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, bias: torch.Tensor, units: int,
+                 activation: str) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.hidden_weight = nn.Parameter(torch.zeros(0, len(mean)))
+        self.hidden_bias = nn.Parameter(torch.zeros(0))
+        self.out_weight = nn.Parameter(torch.zeros(len(bias), 0))
+        self.out_bias = nn.Parameter(bias.clone())
+        self.stage_bias = nn.Parameter(torch.zeros(0, len(bias)))
+        self.units, self.activation = units, activation
+
+    @property
+    def stages(self) -> int:
+        """The number of stages added so far."""
+        return len(self.hidden_bias) // self.units
+
+    def features(self, x: torch.Tensor, units: int | None = None) -> torch.Tensor:
+        """The first ``units`` hidden activations (all when None)."""
+        m = len(self.hidden_bias) if units is None else units
+        z = (x - self.mean) / self.std
+        return _ACTIVATIONS[self.activation](z @ self.hidden_weight[:m].T + self.hidden_bias[:m])
+
+    def forward(self, x: torch.Tensor, stages: int | None = None) -> torch.Tensor:
+        t = self.stages if stages is None else stages
+        m = t * self.units
+        return self.features(x, m) @ self.out_weight[:, :m].T + self.out_bias + self.stage_bias[:t].sum(0)
+
+    @torch.no_grad()
+    def add_stage(self, weight: torch.Tensor, bias: torch.Tensor, out_weight: torch.Tensor,
+                  out_bias: torch.Tensor) -> None:
+        """Append one stage's units (``weight`` ``(J, d)``, ``bias`` ``(J,)``) with their output weights
+        ``(K, J)`` and its share ``out_bias`` ``(K,)`` of the output bias."""
+        self.hidden_weight = nn.Parameter(torch.cat([self.hidden_weight, weight]))
+        self.hidden_bias = nn.Parameter(torch.cat([self.hidden_bias, bias]))
+        self.out_weight = nn.Parameter(torch.cat([self.out_weight, out_weight], 1))
+        self.stage_bias = nn.Parameter(torch.cat([self.stage_bias, out_bias[None]]))
+
+    @torch.no_grad()
+    def truncate(self, stages: int) -> None:
+        """Keep the first ``stages`` stages."""
+        m = stages * self.units
+        self.hidden_weight = nn.Parameter(self.hidden_weight[:m].clone())
+        self.hidden_bias = nn.Parameter(self.hidden_bias[:m].clone())
+        self.out_weight = nn.Parameter(self.out_weight[:, :m].clone())
+        self.stage_bias = nn.Parameter(self.stage_bias[:stages].clone())
+
+
+class _BoostedMLP(BaseEstimator):
+    """The boosting loop shared by the regressor and the classifier."""
+
+    def __init__(self, n_stages: int = 20, units_per_stage: int = 8, learning_rate: float = 0.5,
+                 stage_optimizer: Literal["adam", "lbfgs"] = "adam", stage_steps: int = 200,
+                 stage_lr: float = 0.01, subsample: float = 1.0, activation: Literal["relu", "tanh"] = "relu",
+                 line_search: bool = True, validation_fraction: float | None = None,
+                 n_iter_no_change: int | None = None, random_state: int | None = None) -> None:
+        self.n_stages = n_stages
+        self.units_per_stage = units_per_stage
+        self.learning_rate = learning_rate
+        self.stage_optimizer = stage_optimizer
+        self.stage_steps = stage_steps
+        self.stage_lr = stage_lr
+        self.subsample = subsample
+        self.activation = activation
+        self.line_search = line_search
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.random_state = random_state
+
+    @property
+    def module(self) -> BoostedNet:
+        """The fitted network (``n_stages_ * units_per_stage`` hidden units)."""
+        check_is_fitted(self, "module_")
+        return self.module_
+
+    def _check_params(self) -> None:
+        for name in ("n_stages", "units_per_stage", "stage_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not self.learning_rate > 0 or not self.stage_lr > 0:
+            raise ValueError(f"learning_rate and stage_lr must be > 0, got {self.learning_rate!r}, "
+                             f"{self.stage_lr!r}")
+        if not 0 < self.subsample <= 1:
+            raise ValueError(f"subsample must be in (0, 1], got {self.subsample!r}")
+        if self.stage_optimizer not in ("adam", "lbfgs"):
+            raise ValueError(f"stage_optimizer must be 'adam' or 'lbfgs', got {self.stage_optimizer!r}")
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(_ACTIVATIONS)}, got {self.activation!r}")
+        if self.validation_fraction is not None and not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1) or None, got {self.validation_fraction!r}")
+
+    def _boost(self, x: np.ndarray, y: torch.Tensor, loss: Any, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Fit ``self.module_`` to ``y`` (``(n, K)`` in the loss's space; outputs are ``shift + scale * F``)."""
+        generator = torch.Generator().manual_seed(0 if self.random_state is None else int(self.random_state))
+        torch_state = torch.random.get_rng_state()
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=generator)))
+        try:
+            self._boost_seeded(torch.tensor(x, dtype=torch.float32), y, loss, scale, shift, generator)
+        finally:
+            torch.random.set_rng_state(torch_state)
+
+    def _boost_seeded(self, x: torch.Tensor, y: torch.Tensor, loss: Any, scale: torch.Tensor, shift: torch.Tensor,
+                      generator: torch.Generator) -> None:
+        n = len(x)
+        order = torch.randperm(n, generator=generator)
+        n_val = int(round(n * self.validation_fraction)) if self.validation_fraction else 0
+        if self.validation_fraction and not 0 < n_val < n:
+            raise ValueError(f"validation_fraction={self.validation_fraction} leaves no training or validation "
+                             f"rows of {n}")
+        val, train = order[:n_val], order[n_val:]
+        x_train, y_train = x[train], y[train]
+        mean, std = x_train.mean(0), x_train.std(0, unbiased=False)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        init = loss.init(y_train)
+        self.module_ = BoostedNet(mean, std, shift + scale * init, self.units_per_stage, self.activation)
+        f_train = init.expand(len(train), -1).clone()
+        f_val = init.expand(n_val, -1).clone()
+        z_train = (x_train - mean) / std
+        z_val = (x[val] - mean) / std
+        self.train_loss_ = [float(loss.loss(y_train, f_train))]
+        self.validation_loss_ = [float(loss.loss(y[val], f_val))] if n_val else []
+        best, since_best = 0, 0
+        for _ in range(self.n_stages):
+            residual = loss.residuals(y_train, f_train)
+            rows = (torch.randperm(len(train), generator=generator)[:max(1, math.ceil(self.subsample * len(train)))]
+                    if self.subsample < 1 else slice(None))
+            stage = self._fit_stage(z_train[rows], residual[rows], y.shape[1])
+            with torch.no_grad():
+                h_train, h_val = stage(z_train), stage(z_val)
+            step = self._step(loss, y_train, f_train, h_train) * self.learning_rate
+            f_train += step * h_train
+            f_val += step * h_val
+            first, act, last = stage
+            self.module_.add_stage(first.weight.detach(), first.bias.detach(),
+                                   scale[:, None] * step * last.weight.detach(), scale * step * last.bias.detach())
+            self.train_loss_.append(float(loss.loss(y_train, f_train)))
+            if n_val:
+                self.validation_loss_.append(float(loss.loss(y[val], f_val)))
+                if self.validation_loss_[-1] < self.validation_loss_[best]:
+                    best, since_best = len(self.validation_loss_) - 1, 0
+                else:
+                    since_best += 1
+                if self.n_iter_no_change is not None and since_best >= self.n_iter_no_change:
+                    break
+        if n_val and self.n_iter_no_change is not None:
+            self.module_.truncate(best)
+        self.n_stages_ = self.module_.stages
+
+    def _fit_stage(self, z: torch.Tensor, residual: torch.Tensor, outputs: int) -> nn.Sequential:
+        """J new units and their output weights fitted to ``residual`` by least squares."""
+        stage = nn.Sequential(nn.Linear(z.shape[1], self.units_per_stage),
+                              nn.ReLU() if self.activation == "relu" else nn.Tanh(),
+                              nn.Linear(self.units_per_stage, outputs))
+
+        def objective() -> torch.Tensor:
+            return (stage(z) - residual).pow(2).sum(1).mean()
+
+        if self.stage_optimizer == "lbfgs":
+            optimizer = torch.optim.LBFGS(stage.parameters(), lr=1.0, max_iter=self.stage_steps,
+                                          line_search_fn="strong_wolfe")
+
+            def closure() -> torch.Tensor:
+                optimizer.zero_grad()
+                value = objective()
+                value.backward()
+                return value
+
+            optimizer.step(closure)
+        else:
+            optimizer = torch.optim.Adam(stage.parameters(), lr=self.stage_lr)
+            for _ in range(self.stage_steps):
+                optimizer.zero_grad()
+                objective().backward()
+                optimizer.step()
+        return stage
+
+    def _step(self, loss: Any, y: torch.Tensor, f: torch.Tensor, h: torch.Tensor) -> float:
+        """The multiplier of the new stage's output that minimises the training loss (1 without line search)."""
+        if not self.line_search:
+            return 1.0
+        if isinstance(loss, SquaredError):  # closed form: <r, h> / <h, h>
+            denominator = float(h.pow(2).sum())
+            return float((loss.residuals(y, f) * h).sum()) / denominator if denominator > 0 else 0.0
+        result = minimize_scalar(lambda rho: float(loss.loss(y, f + rho * h)), bounds=(0.0, 100.0),
+                                 method="bounded", options={"xatol": 1e-4})
+        return float(result.x)
+
+    def _raw(self, X: Any, stages: int | None) -> torch.Tensor:
+        check_is_fitted(self, "module_")
+        x = validate_data(self, X, reset=False)
+        if stages is not None and (not isinstance(stages, int | np.integer) or not 0 <= stages <= self.n_stages_):
+            raise ValueError(f"stages must be an int in [0, {self.n_stages_}], got {stages!r}")
+        with torch.no_grad():
+            return self.module_(torch.tensor(x, dtype=torch.float32), stages)
+
+
+class BoostedMLPRegressor(RegressorMixin, _BoostedMLP):
+    """A boosted MLP for regression with the squared error; targets are standardised while fitting."""
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def fit(self, X: Any, y: Any) -> BoostedMLPRegressor:
+        """Grow the network stage by stage on ``X`` ``(n, d)``, ``y`` ``(n,)`` or ``(n, K)``."""
+        self._check_params()
+        x, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
+        targets = torch.as_tensor(np.asarray(y, dtype=np.float64).reshape(len(y), -1), dtype=torch.float32)
+        self._single_output = np.ndim(y) == 1
+        shift, scale = targets.mean(0), targets.std(0, unbiased=False)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        self._boost(x, (targets - shift) / scale, SquaredError(), scale, shift)
+        return self
+
+    def predict(self, X: Any, stages: int | None = None) -> np.ndarray:
+        """Predictions of the first ``stages`` stages (all by default)."""
+        out = self._raw(X, stages).numpy().astype(np.float64)
+        return out[:, 0] if self._single_output else out
+
+
+class BoostedMLPClassifier(ClassifierMixin, _BoostedMLP):
+    """A boosted MLP classifier: binary log-loss for two classes, the multinomial deviance for more."""
+
+    def fit(self, X: Any, y: Any) -> BoostedMLPClassifier:
+        """Grow the network stage by stage on ``X`` ``(n, d)`` and labels ``y`` ``(n,)``."""
+        self._check_params()
+        x, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self._encoder = LabelEncoder().fit(y)
+        self.classes_ = self._encoder.classes_
+        if len(self.classes_) < 2:
+            raise ValueError("BoostedMLPClassifier needs at least 2 classes in y, got 1 class")
+        codes = torch.as_tensor(self._encoder.transform(y))
+        if len(self.classes_) == 2:
+            targets, loss = codes.float()[:, None], BinaryLogLoss()
+        else:
+            targets, loss = torch.nn.functional.one_hot(codes, len(self.classes_)).float(), MultinomialDeviance()
+        outputs = targets.shape[1]
+        self._boost(x, targets, loss, torch.ones(outputs), torch.zeros(outputs))
+        return self
+
+    def predict_proba(self, X: Any, stages: int | None = None) -> np.ndarray:
+        """Class probabilities ``(n, n_classes)`` from the first ``stages`` stages (all by default)."""
+        f = self._raw(X, stages).double()
+        if len(self.classes_) == 2:
+            p = torch.sigmoid(f)
+            return torch.cat([1 - p, p], 1).numpy()
+        return torch.softmax(f, 1).numpy()
+
+    def predict(self, X: Any, stages: int | None = None) -> np.ndarray:
+        """The most probable class of each row."""
+        probabilities = self.predict_proba(X, stages)
+        return self.classes_[probabilities.argmax(1)]

@@ -1,0 +1,127 @@
+"""Boosted MLPs: the initial constant, pseudo-residuals by hand, truncation equals the restricted module,
+seeded determinism, learning, early stopping, scikit-learn's estimator checks and errors of the scikit-learn kind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+from sklearn.datasets import load_breast_cancer, make_friedman1  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from subnets.boosting import BoostedMLPClassifier, BoostedMLPRegressor  # noqa: E402
+from subnets.boosting.losses import BinaryLogLoss, MultinomialDeviance, SquaredError  # noqa: E402
+
+SMALL = {"n_stages": 4, "units_per_stage": 3, "stage_steps": 40, "random_state": 0}
+
+
+def _friedman(n: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    return make_friedman1(n, random_state=0)
+
+
+def test_the_initial_constant_minimises_the_loss() -> None:
+    x, y = _friedman()
+    regressor = BoostedMLPRegressor(**SMALL).fit(x, y)
+    np.testing.assert_allclose(regressor.predict(x, stages=0), np.full(len(y), y.mean()), rtol=1e-5)
+    labels = (y > np.median(y) + 1).astype(int)
+    binary = BoostedMLPClassifier(**SMALL).fit(x, labels)
+    np.testing.assert_allclose(binary.predict_proba(x, stages=0)[0], [1 - labels.mean(), labels.mean()], rtol=1e-5)
+    classes = np.digitize(y, np.quantile(y, [0.2, 0.7]))
+    multi = BoostedMLPClassifier(**SMALL).fit(x, classes)
+    np.testing.assert_allclose(multi.predict_proba(x, stages=0)[0], np.bincount(classes) / len(classes), rtol=1e-5)
+
+
+def test_pseudo_residuals_by_hand() -> None:
+    y, f = torch.tensor([[1.0], [3.0]]), torch.tensor([[0.5], [4.0]])
+    assert torch.equal(SquaredError().residuals(y, f), torch.tensor([[0.5], [-1.0]]))
+    labels, logits = torch.tensor([[1.0], [0.0]]), torch.tensor([[0.0], [2.0]])
+    expected = torch.tensor([[1 - 0.5], [0 - 1 / (1 + np.exp(-2.0))]], dtype=torch.float32)
+    torch.testing.assert_close(BinaryLogLoss().residuals(labels, logits), expected)
+    onehot, logits = torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([[0.0, np.log(2.0), 0.0]], dtype=torch.float32)
+    torch.testing.assert_close(MultinomialDeviance().residuals(onehot, logits), torch.tensor([[-0.25, 0.5, -0.25]]))
+    assert SquaredError().init(torch.tensor([[1.0], [2.0], [6.0]])).item() == 3.0
+    torch.testing.assert_close(BinaryLogLoss().init(torch.tensor([[1.0], [0.0], [0.0], [0.0]])),
+                               torch.tensor([np.log(1 / 3)], dtype=torch.float32))
+
+
+def test_truncation_equals_the_network_restricted_to_the_first_stages() -> None:
+    x, y = _friedman()
+    model = BoostedMLPRegressor(**SMALL).fit(x, y)
+    net = model.module
+    assert net.hidden_weight.shape == (4 * 3, 10) and net.stages == 4
+    z = (torch.tensor(x, dtype=torch.float32) - net.mean) / net.std
+    for t in range(5):
+        units = t * 3
+        hidden = torch.relu(z @ net.hidden_weight[:units].T + net.hidden_bias[:units])
+        manual = hidden @ net.out_weight[:, :units].T + net.out_bias + net.stage_bias[:t].sum(0)
+        np.testing.assert_allclose(model.predict(x, stages=t), manual[:, 0].detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(model.predict(x), model.predict(x, stages=4))
+
+
+def test_a_seeded_fit_is_deterministic_and_the_seed_matters() -> None:
+    x, y = _friedman()
+    first = BoostedMLPRegressor(**SMALL).fit(x, y).predict(x)
+    again = BoostedMLPRegressor(**SMALL).fit(x, y).predict(x)
+    other = BoostedMLPRegressor(**{**SMALL, "random_state": 1}).fit(x, y).predict(x)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_stages_lower_the_training_loss_and_the_model_learns(optimizer: str) -> None:
+    x, y = _friedman(1500)
+    model = BoostedMLPRegressor(n_stages=10, stage_optimizer=optimizer, stage_steps=100 if optimizer == "adam" else 30,
+                                random_state=0).fit(x[:1000], y[:1000])
+    losses = model.train_loss_
+    assert all(b <= a + 1e-7 for a, b in zip(losses, losses[1:], strict=False))  # an optimal step never hurts
+    assert model.score(x[1000:], y[1000:]) > 0.9  # Friedman #1 is non-linear: a linear model gets about 0.75
+
+
+def test_classifier_learns_breast_cancer() -> None:
+    x, y = load_breast_cancer(return_X_y=True)
+    model = BoostedMLPClassifier(n_stages=5, random_state=0).fit(x[:400], y[:400])
+    assert model.score(x[400:], y[400:]) > 0.93
+
+
+def test_early_stopping_keeps_the_best_number_of_stages() -> None:
+    x, y = _friedman(400)
+    model = BoostedMLPRegressor(n_stages=30, learning_rate=1.0, validation_fraction=0.25, n_iter_no_change=2,
+                                random_state=0).fit(x, y)
+    best = int(np.argmin(model.validation_loss_))
+    assert model.n_stages_ == best == model.module.stages
+    assert len(model.validation_loss_) <= best + 3  # stopped 2 stages after the best one
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"x": "nan"}, "NaN"),
+    ({"x": "inf"}, "infinity"),
+    ({"y": "short"}, "inconsistent numbers of samples"),
+    ({"n_stages": 0}, "n_stages must be an int >= 1, got 0"),
+    ({"units_per_stage": 0}, "units_per_stage must be an int >= 1, got 0"),
+    ({"subsample": 0.0}, "subsample must be in (0, 1]"),
+])
+def test_bad_input_is_a_clear_error(change: dict, message: str) -> None:
+    x, y = _friedman(50)
+    if change.get("x") == "nan":
+        x[3, 2] = np.nan
+    if change.get("x") == "inf":
+        x[3, 2] = np.inf
+    if change.get("y") == "short":
+        y = y[:-1]
+    params = {k: v for k, v in change.items() if k not in ("x", "y")}
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        BoostedMLPRegressor(**{**SMALL, **params}).fit(x, y)
+
+
+def test_a_single_class_is_refused() -> None:
+    x, _ = _friedman(50)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        BoostedMLPClassifier(**SMALL).fit(x, np.zeros(50, dtype=int))
+
+
+@parametrize_with_checks([BoostedMLPRegressor(n_stages=3, stage_steps=30, random_state=0),
+                          BoostedMLPClassifier(n_stages=3, stage_steps=30, random_state=0)])
+def test_scikit_learn_estimator_checks(estimator, check) -> None:
+    check(estimator)
