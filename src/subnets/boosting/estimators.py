@@ -241,7 +241,7 @@ class BoostedMLPRegressor(RegressorMixin, _BoostedMLP):
         """Grow the network stage by stage on ``X`` ``(n, d)``, ``y`` ``(n,)`` or ``(n, K)``."""
         self._check_params()
         x, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
-        targets = torch.as_tensor(np.asarray(y, dtype=np.float64).reshape(len(y), -1), dtype=torch.float32)
+        targets = torch.tensor(np.asarray(y, dtype=np.float64).reshape(len(y), -1), dtype=torch.float32)
         self._single_output = np.ndim(y) == 1
         shift, scale = targets.mean(0), targets.std(0, unbiased=False)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
