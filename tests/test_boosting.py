@@ -75,6 +75,7 @@ def test_stages_lower_the_training_loss_and_the_model_learns(optimizer: str) -> 
     model = BoostedMLPRegressor(n_stages=10, stage_optimizer=optimizer, stage_steps=100 if optimizer == "adam" else 30,
                                 random_state=0).fit(x[:1000], y[:1000])
     losses = model.train_loss_
+    assert len(losses) == len(model.stage_seconds_) + 1 == model.n_stages_ + 1
     assert all(b <= a + 1e-7 for a, b in zip(losses, losses[1:], strict=False))  # an optimal step never hurts
     assert model.score(x[1000:], y[1000:]) > 0.9  # Friedman #1 is non-linear: a linear model gets about 0.75
 

@@ -11,6 +11,7 @@ fitted model serves several compute budgets. The estimators follow scikit-learn'
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Literal
 
 import numpy as np
@@ -155,7 +156,9 @@ class _BoostedMLP(BaseEstimator):
         self.train_loss_ = [float(loss.loss(y_train, f_train))]
         self.validation_loss_ = [float(loss.loss(y[val], f_val))] if n_val else []
         best, since_best = 0, 0
+        self.stage_seconds_ = []
         for _ in range(self.n_stages):
+            start = time.perf_counter()
             residual = loss.residuals(y_train, f_train)
             rows = (torch.randperm(len(train), generator=generator)[:max(1, math.ceil(self.subsample * len(train)))]
                     if self.subsample < 1 else slice(None))
@@ -169,6 +172,7 @@ class _BoostedMLP(BaseEstimator):
             self.module_.add_stage(first.weight.detach(), first.bias.detach(),
                                    scale[:, None] * step * last.weight.detach(), scale * step * last.bias.detach())
             self.train_loss_.append(float(loss.loss(y_train, f_train)))
+            self.stage_seconds_.append(time.perf_counter() - start)
             if n_val:
                 self.validation_loss_.append(float(loss.loss(y[val], f_val)))
                 if self.validation_loss_[-1] < self.validation_loss_[best]:
