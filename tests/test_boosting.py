@@ -126,3 +126,34 @@ def test_a_single_class_is_refused() -> None:
                           BoostedMLPClassifier(n_stages=3, stage_steps=30, random_state=0)])
 def test_scikit_learn_estimator_checks(estimator, check) -> None:
     check(estimator)
+
+
+def _extractor() -> torch.nn.Module:
+    torch.manual_seed(5)
+    return torch.nn.Sequential(torch.nn.Linear(10, 6), torch.nn.Tanh())
+
+
+def test_a_frozen_feature_extractor_is_copied_and_left_as_given() -> None:
+    x, y = _friedman()
+    extractor = _extractor()
+    before = [p.detach().clone() for p in extractor.parameters()]
+    model = BoostedMLPRegressor(**SMALL, feature_extractor=extractor).fit(x, y)
+    assert model.module.extractor is not extractor
+    for given, kept, original in zip(extractor.parameters(), model.module.extractor.parameters(), before, strict=True):
+        assert torch.equal(given, original) and torch.equal(kept, original)
+    assert model.module.hidden_weight.shape[1] == 6  # the stages see the extractor's 6 features
+    with torch.no_grad():
+        direct = model.module(torch.tensor(x, dtype=torch.float32))[:, 0].numpy()
+    np.testing.assert_allclose(model.predict(x), direct, rtol=1e-6)
+
+
+def test_a_trained_feature_extractor_learns_with_the_first_stage_only() -> None:
+    x, y = _friedman()
+    extractor = _extractor()
+    model = BoostedMLPRegressor(**SMALL, feature_extractor=extractor, train_extractor=True).fit(x, y)
+    trained = model.module.extractor
+    assert any(not torch.equal(a, b) for a, b in zip(extractor.parameters(), trained.parameters(), strict=True))
+    np.testing.assert_allclose(model.predict(x, stages=0), np.full(len(y), y.mean()), rtol=1e-5)
+    assert all(b <= a + 1e-6 for a, b in zip(model.train_loss_[1:], model.train_loss_[2:], strict=False))
+    with pytest.raises(ValueError, match="feature_extractor must map"):
+        BoostedMLPRegressor(**SMALL, feature_extractor=torch.nn.Flatten(0)).fit(x, y)

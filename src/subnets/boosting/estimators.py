@@ -10,8 +10,10 @@ fitted model serves several compute budgets. The estimators follow scikit-learn'
 
 from __future__ import annotations
 
+import copy
 import math
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -28,14 +30,28 @@ from subnets.boosting.losses import BinaryLogLoss, MultinomialDeviance, SquaredE
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
 
+def _extract(extractor: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    """The features the stages see: ``extractor(x)`` in evaluation mode without gradients (``x`` without one)."""
+    if extractor is None:
+        return x
+    extractor.eval()
+    with torch.no_grad():
+        features = extractor(x)
+    if features.dim() != 2 or len(features) != len(x):
+        raise ValueError(f"feature_extractor must map (n, d) inputs to (n, features), got {tuple(features.shape)} "
+                         f"for {tuple(x.shape)}")
+    return features
+
+
 class BoostedNet(nn.Module):
     """``out_bias + sum(stage_bias) + act(standardise(x) @ hidden_weight.T + hidden_bias) @ out_weight.T`` whose
     hidden units come in stages of ``units`` each; stage ``s`` adds ``units`` hidden units and ``stage_bias[s]``.
     ``forward(x, stages=t)`` is exactly the boosted model after ``t`` stages."""
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, bias: torch.Tensor, units: int,
-                 activation: str) -> None:
+                 activation: str, extractor: nn.Module | None = None) -> None:
         super().__init__()
+        self.extractor = extractor
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.hidden_weight = nn.Parameter(torch.zeros(0, len(mean)))
@@ -53,6 +69,8 @@ class BoostedNet(nn.Module):
     def features(self, x: torch.Tensor, units: int | None = None) -> torch.Tensor:
         """The first ``units`` hidden activations (all when None)."""
         m = len(self.hidden_bias) if units is None else units
+        if self.extractor is not None:
+            x = self.extractor(x)
         z = (x - self.mean) / self.std
         return _ACTIVATIONS[self.activation](z @ self.hidden_weight[:m].T + self.hidden_bias[:m])
 
@@ -88,7 +106,8 @@ class _BoostedMLP(BaseEstimator):
                  stage_optimizer: Literal["adam", "lbfgs"] = "adam", stage_steps: int = 200,
                  stage_lr: float = 0.01, subsample: float = 1.0, activation: Literal["relu", "tanh"] = "relu",
                  line_search: bool = True, validation_fraction: float | None = None,
-                 n_iter_no_change: int | None = None, random_state: int | None = None) -> None:
+                 n_iter_no_change: int | None = None, random_state: int | None = None,
+                 feature_extractor: nn.Module | None = None, train_extractor: bool = False) -> None:
         self.n_stages = n_stages
         self.units_per_stage = units_per_stage
         self.learning_rate = learning_rate
@@ -101,6 +120,8 @@ class _BoostedMLP(BaseEstimator):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.random_state = random_state
+        self.feature_extractor = feature_extractor
+        self.train_extractor = train_extractor
 
     @property
     def module(self) -> BoostedNet:
@@ -144,15 +165,16 @@ class _BoostedMLP(BaseEstimator):
             raise ValueError(f"validation_fraction={self.validation_fraction} leaves no training or validation "
                              f"rows of {n}")
         val, train = order[:n_val], order[n_val:]
-        x_train, y_train = x[train], y[train]
-        mean, std = x_train.mean(0), x_train.std(0, unbiased=False)
+        extractor = None if self.feature_extractor is None else copy.deepcopy(self.feature_extractor)
+        features = _extract(extractor, x)
+        y_train = y[train]
+        mean, std = features[train].mean(0), features[train].std(0, unbiased=False)
         std = torch.where(std > 0, std, torch.ones_like(std))
         init = loss.init(y_train)
-        self.module_ = BoostedNet(mean, std, shift + scale * init, self.units_per_stage, self.activation)
+        self.module_ = BoostedNet(mean, std, shift + scale * init, self.units_per_stage, self.activation, extractor)
         f_train = init.expand(len(train), -1).clone()
         f_val = init.expand(n_val, -1).clone()
-        z_train = (x_train - mean) / std
-        z_val = (x[val] - mean) / std
+        z_train, z_val = (features[train] - mean) / std, (features[val] - mean) / std
         self.train_loss_ = [float(loss.loss(y_train, f_train))]
         self.validation_loss_ = [float(loss.loss(y[val], f_val))] if n_val else []
         best, since_best = 0, 0
@@ -162,7 +184,18 @@ class _BoostedMLP(BaseEstimator):
             residual = loss.residuals(y_train, f_train)
             rows = (torch.randperm(len(train), generator=generator)[:max(1, math.ceil(self.subsample * len(train)))]
                     if self.subsample < 1 else slice(None))
-            stage = self._fit_stage(z_train[rows], residual[rows], y.shape[1])
+            if extractor is not None and self.train_extractor and not self.module_.stages:
+                # The extractor trains with the first stage only, then stays fixed: later stages fit residuals
+                # of features that no longer move.
+                x_rows = x[train][rows]
+                extractor.train()
+                stage = self._fit_stage(lambda x_rows=x_rows: (extractor(x_rows) - mean) / std, residual[rows],
+                                        y.shape[1], list(extractor.parameters()))
+                features = _extract(extractor, x)
+                z_train, z_val = (features[train] - mean) / std, (features[val] - mean) / std
+            else:
+                z_rows = z_train[rows]
+                stage = self._fit_stage(lambda z_rows=z_rows: z_rows, residual[rows], y.shape[1], [])
             with torch.no_grad():
                 h_train, h_val = stage(z_train), stage(z_val)
             step = self._step(loss, y_train, f_train, h_train) * self.learning_rate
@@ -185,17 +218,22 @@ class _BoostedMLP(BaseEstimator):
             self.module_.truncate(best)
         self.n_stages_ = self.module_.stages
 
-    def _fit_stage(self, z: torch.Tensor, residual: torch.Tensor, outputs: int) -> nn.Sequential:
-        """J new units and their output weights fitted to ``residual`` by least squares."""
-        stage = nn.Sequential(nn.Linear(z.shape[1], self.units_per_stage),
+    def _fit_stage(self, inputs: Callable[[], torch.Tensor], residual: torch.Tensor, outputs: int,
+                   extra: list[nn.Parameter]) -> nn.Sequential:
+        """J new units and their output weights fitted to ``residual`` by least squares on ``inputs()``; the
+        ``extra`` parameters (a feature extractor's) train with them."""
+        with torch.no_grad():
+            width = inputs().shape[1]
+        stage = nn.Sequential(nn.Linear(width, self.units_per_stage),
                               nn.ReLU() if self.activation == "relu" else nn.Tanh(),
                               nn.Linear(self.units_per_stage, outputs))
+        parameters = [*stage.parameters(), *extra]
 
         def objective() -> torch.Tensor:
-            return (stage(z) - residual).pow(2).sum(1).mean()
+            return (stage(inputs()) - residual).pow(2).sum(1).mean()
 
         if self.stage_optimizer == "lbfgs":
-            optimizer = torch.optim.LBFGS(stage.parameters(), lr=1.0, max_iter=self.stage_steps,
+            optimizer = torch.optim.LBFGS(parameters, lr=1.0, max_iter=self.stage_steps,
                                           line_search_fn="strong_wolfe")
 
             def closure() -> torch.Tensor:
@@ -206,7 +244,7 @@ class _BoostedMLP(BaseEstimator):
 
             optimizer.step(closure)
         else:
-            optimizer = torch.optim.Adam(stage.parameters(), lr=self.stage_lr)
+            optimizer = torch.optim.Adam(parameters, lr=self.stage_lr)
             for _ in range(self.stage_steps):
                 optimizer.zero_grad()
                 objective().backward()
