@@ -101,7 +101,6 @@ def swap_pooling(model: nn.Module, name: str, **options: Any) -> list[str]:
     """
     if name == "spp":
         raise ValueError("swap_pooling: 'spp' changes the output's shape and cannot replace a pool in place")
-    _table(2)  # both spatial domains share names
     if name not in _SPATIAL:
         raise ValueError(f"unknown pool {name!r}; known: {', '.join(_SPATIAL)}")
     channels, swapped = None, []

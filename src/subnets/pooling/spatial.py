@@ -20,10 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from subnets.pooling.windows import GatedMix, PowerMean, SoftMean, StochasticPick, WindowFilters, Windows
+from subnets.pooling.windows import (
+    AVG_POOL,
+    MAX_POOL,
+    GatedMix,
+    PowerMean,
+    SoftMean,
+    StochasticPick,
+    WindowFilters,
+    Windows,
+)
 
-_AVG = {1: F.avg_pool1d, 2: F.avg_pool2d}
-_MAX = {1: F.max_pool1d, 2: F.max_pool2d}
 _SHAPES = {1: "(N, C, L)", 2: "(N, C, H, W)"}
 
 
@@ -78,14 +85,14 @@ class AvgPool(SpatialPool):
     """The mean of each window."""
 
     def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
-        return _AVG[self.dim](x, kernel, stride)
+        return AVG_POOL[self.dim](x, kernel, stride)
 
 
 class MaxPool(SpatialPool):
     """The maximum of each window."""
 
     def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
-        return _MAX[self.dim](x, kernel, stride)
+        return MAX_POOL[self.dim](x, kernel, stride)
 
 
 class LpPool(SpatialPool):
@@ -157,19 +164,22 @@ class MixedPool(SpatialPool):
         super().__init__(dim, kernel_size, stride, global_pool)
         self.alpha = nn.Parameter(torch.zeros(()))
 
-    def mix(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], a: torch.Tensor) -> torch.Tensor:
-        """``a`` times max pooling plus ``1 - a`` times average pooling."""
-        top, mean = _MAX[self.dim](x, kernel, stride), _AVG[self.dim](x, kernel, stride)
-        return mean + a * (top - mean)
-
     def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
-        return self.mix(x, kernel, stride, torch.sigmoid(self.alpha))
+        return _mix(x, kernel, stride, torch.sigmoid(self.alpha))
 
 
-class _WindowFilters(SpatialPool):
-    """Ops with learned filters of the window's shape, shared by all channels."""
+def _mix(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], a: torch.Tensor) -> torch.Tensor:
+    """``a`` times max pooling plus ``1 - a`` times average pooling of ``x``."""
+    dim = x.dim() - 2
+    top, mean = MAX_POOL[dim](x, kernel, stride), AVG_POOL[dim](x, kernel, stride)
+    return mean + a * (top - mean)
 
-    def __init__(self, filters: int, dim: int, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None,
+
+class _LearnedWindow(SpatialPool):
+    """Ops whose learned weights have the window's shape: their global versions need the map's ``size`` up front
+    and accept only maps of that size."""
+
+    def __init__(self, dim: int, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None,
                  global_pool: bool, size: int | Sequence[int] | None) -> None:
         super().__init__(dim, kernel_size, stride, global_pool)
         if global_pool:
@@ -177,13 +187,16 @@ class _WindowFilters(SpatialPool):
                 raise ValueError(f"{type(self).__name__} with global_pool=True needs size= (the map's spatial size): "
                                  "its learned filter covers the whole map")
             self.kernel_size = self.stride = _tuple(size, dim, "size")
-        self.filters = filters
 
     def window(self, x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
         kernel, stride = super().window(x)
         if self.global_pool and kernel != self.kernel_size:
             raise ValueError(f"{type(self).__name__} was built for maps of size {self.kernel_size}, got {kernel}")
         return kernel, stride
+
+
+class _WindowFilters(_LearnedWindow):
+    """Ops with learned filters of the window's shape, shared by all channels."""
 
     def responses(self, x: torch.Tensor, weight: torch.Tensor, kernel: tuple[int, ...],
                   stride: tuple[int, ...]) -> torch.Tensor:
@@ -200,7 +213,7 @@ class GatedPool(_WindowFilters):
 
     def __init__(self, dim: int = 2, kernel_size: int | Sequence[int] = 2, stride: int | Sequence[int] | None = None,
                  global_pool: bool = False, *, size: int | Sequence[int] | None = None) -> None:
-        super().__init__(1, dim, kernel_size, stride, global_pool, size)
+        super().__init__(dim, kernel_size, stride, global_pool, size)
         fan_in = math.prod(self.kernel_size)
         self.gate = nn.Parameter(torch.randn(self.kernel_size) / fan_in)
 
@@ -208,9 +221,7 @@ class GatedPool(_WindowFilters):
         windows = Windows(tuple(x.shape[2:]), kernel, stride)
         if not windows.whole:
             return GatedMix.apply(x, self.gate, windows)
-        a = torch.sigmoid(self.responses(x, self.gate.unsqueeze(0), kernel, stride)[0])
-        top, mean = _MAX[self.dim](x, kernel, stride), _AVG[self.dim](x, kernel, stride)
-        return mean + a * (top - mean)
+        return _mix(x, kernel, stride, torch.sigmoid(self.responses(x, self.gate.unsqueeze(0), kernel, stride)[0]))
 
 
 class TreePool(_WindowFilters):
@@ -219,7 +230,7 @@ class TreePool(_WindowFilters):
 
     def __init__(self, dim: int = 2, kernel_size: int | Sequence[int] = 2, stride: int | Sequence[int] | None = None,
                  global_pool: bool = False, *, size: int | Sequence[int] | None = None) -> None:
-        super().__init__(3, dim, kernel_size, stride, global_pool, size)
+        super().__init__(dim, kernel_size, stride, global_pool, size)
         fan_in = math.prod(self.kernel_size)
         self.gate = nn.Parameter(torch.randn(self.kernel_size) / fan_in)
         # Leaves start near averaging, different from each other so that the gate has something to choose.
@@ -256,27 +267,16 @@ class StochasticPool(SpatialPool):
         return flat.gather(-1, chosen).reshape(u.shape)
 
 
-class ConvPool(SpatialPool):
+class ConvPool(_LearnedWindow):
     """The All-Convolutional Net's replacement of pooling: a learned convolution with the pool's kernel and
     stride, ``channels`` in and out."""
 
     def __init__(self, channels: int, dim: int = 2, kernel_size: int | Sequence[int] = 2,
                  stride: int | Sequence[int] | None = None, global_pool: bool = False, *,
                  size: int | Sequence[int] | None = None) -> None:
-        super().__init__(dim, kernel_size, stride, global_pool)
-        if global_pool:
-            if size is None:
-                raise ValueError("ConvPool with global_pool=True needs size= (the map's spatial size): its learned "
-                                 "filter covers the whole map")
-            self.kernel_size = self.stride = _tuple(size, dim, "size")
+        super().__init__(dim, kernel_size, stride, global_pool, size)
         conv = nn.Conv1d if dim == 1 else nn.Conv2d
         self.conv = conv(channels, channels, self.kernel_size, self.stride)
-
-    def window(self, x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        kernel, stride = super().window(x)
-        if self.global_pool and kernel != self.kernel_size:
-            raise ValueError(f"ConvPool was built for maps of size {self.kernel_size}, got {kernel}")
-        return kernel, stride
 
     def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
         return self.conv(x)

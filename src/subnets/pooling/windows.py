@@ -15,8 +15,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-_AVG = {1: F.avg_pool1d, 2: F.avg_pool2d}
-_MAX = {1: F.max_pool1d, 2: F.max_pool2d}
+# Average and max pooling by number of spatial dims.
+AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d}
+MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d}
 
 
 class Windows:
@@ -45,13 +46,13 @@ class Windows:
         """The mean of each window of ``t``, output-shaped."""
         if self.whole:
             return t.mean(self.spatial(), keepdim=True)
-        return _AVG[self.dims](t, self.kernel, self.stride)
+        return AVG_POOL[self.dims](t, self.kernel, self.stride)
 
     def max(self, t: torch.Tensor) -> torch.Tensor:
         """The maximum of each window of ``t``, output-shaped."""
         if self.whole:
             return t.amax(self.spatial(), keepdim=True)
-        return _MAX[self.dims](t, self.kernel, self.stride)
+        return MAX_POOL[self.dims](t, self.kernel, self.stride)
 
     def spread(self, g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """An input-shaped tensor whose every element is the sum of ``g`` over the windows that hold it."""
