@@ -62,23 +62,23 @@ def _on_data(experiment: Callable[[Any, Dataset, torch.device, Progress], Any]) 
     return prepare
 
 
-def _prepare_moefy_minilm(config: MoefyMiniLMConfig, device: torch.device, progress: Progress,
-                          execution: Execution) -> Prepared:
-    experiment = MoefyMiniLMExperiment(config, device, progress)
-    return Prepared(experiment.source, experiment.run)
+def _self_sourced(experiment: Callable[[Any, torch.device, Progress], Any]) -> Callable[..., Prepared]:
+    """The ``prepare`` of a kind whose experiment loads its own data and model (``(config, device, progress)``)
+    and has ``source`` and ``run``."""
 
+    def prepare(config: Any, device: torch.device, progress: Progress, execution: Execution) -> Prepared:
+        built = experiment(config, device, progress)
+        return Prepared(built.source, built.run)
 
-def _prepare_pooling_embeddings(config: PoolingEmbeddingsConfig, device: torch.device, progress: Progress,
-                                execution: Execution) -> Prepared:
-    experiment = PoolingEmbeddingsExperiment(config, device, progress)
-    return Prepared(experiment.source, experiment.run)
+    return prepare
 
 
 KINDS: dict[str, Kind] = {
     "lottery": Kind("lottery", LotteryConfig, _prepare_lottery),
     "moe": Kind("moe", MoEConfig, _on_data(MoEExperiment)),
     "moefy": Kind("moefy", MoefyConfig, _on_data(MoefyExperiment)),
-    "moefy-minilm": Kind("moefy-minilm", MoefyMiniLMConfig, _prepare_moefy_minilm),
+    "moefy-minilm": Kind("moefy-minilm", MoefyMiniLMConfig, _self_sourced(MoefyMiniLMExperiment)),
     "pooling": Kind("pooling", PoolingConfig, _on_data(PoolingExperiment)),
-    "pooling-embeddings": Kind("pooling-embeddings", PoolingEmbeddingsConfig, _prepare_pooling_embeddings),
+    "pooling-embeddings": Kind("pooling-embeddings", PoolingEmbeddingsConfig,
+                               _self_sourced(PoolingEmbeddingsExperiment)),
 }
