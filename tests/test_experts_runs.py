@@ -7,18 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from subnets.cli import cli
+from cli_invoke import invoke
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 MOE_TINY = ["seeds=[0]", "train.length=40it", "train.eval_every=20it", "train.batch_size=64",
@@ -31,7 +22,7 @@ def _run(recipe: str, store: Path, overrides: list[str]) -> tuple[int, str, str]
     args = ["run", str(ROOT / "recipes" / recipe), "--store", str(store), "--quiet", "--device", "cpu"]
     for override in overrides:
         args += ["--set", override]
-    return _invoke(*args)
+    return invoke(*args)
 
 
 def test_moe_run_records_diagnostics_every_step_and_resumes(tmp_path) -> None:
@@ -39,7 +30,7 @@ def test_moe_run_records_diagnostics_every_step_and_resumes(tmp_path) -> None:
     code, stdout, stderr = _run("moe-mnist.toml", store, MOE_TINY)
     assert code == 0, stderr
     run_id = stdout.split()[1]
-    view = json.loads(_invoke("show", run_id, "--store", str(store), "--json")[1])
+    view = json.loads(invoke("show", run_id, "--store", str(store), "--json")[1])
     units = {u["variant"]: u for u in view["levels"]}
     assert set(units) == {"dense-active", "none", "loss-free", "balanced"}
     assert "diagnostics" not in units["dense-active"]
@@ -54,10 +45,10 @@ def test_moe_run_records_diagnostics_every_step_and_resumes(tmp_path) -> None:
 
     code, stdout, _ = _run("moe-mnist.toml", store, MOE_TINY)  # the same run: nothing trains again
     assert code == 0 and run_id in stdout
-    code, stdout, _ = _invoke("report", run_id, "--store", str(store))
+    code, stdout, _ = invoke("report", run_id, "--store", str(store))
     index = Path(stdout.split("report: ")[1].strip())
     assert (index.parent / "max_violation.png").is_file() and (index.parent / "test_load.png").is_file()
-    assert "balanced" in _invoke("show", run_id, "--store", str(store), "--markdown")[1]
+    assert "balanced" in invoke("show", run_id, "--store", str(store), "--markdown")[1]
 
 
 def _diagnostics(store: Path, run_id: str, key: str) -> dict:
@@ -73,14 +64,14 @@ def test_moefy_run_measures_accuracy_against_active_experts(tmp_path) -> None:
     code, stdout, stderr = _run("moefy-mnist.toml", store, MOEFY_TINY)
     assert code == 0, stderr
     run_id = stdout.split()[1]
-    units = json.loads(_invoke("show", run_id, "--store", str(store), "--json")[1])["levels"]
+    units = json.loads(invoke("show", run_id, "--store", str(store), "--json")[1])["levels"]
     dense = next(u for u in units if u["step"] == "dense")
     split = next(u for u in units if u["step"] == "moefy")
     assert split["k"] == [1, 2, 3, 4] and split["all_active_agreement"] == 1.0
     for selection in ("router", "oracle", "random"):  # every expert active: the dense network exactly
         assert split["test_acc"][selection][-1] == dense["test_acc_final"]
     assert split["test_acc"]["router"][0] > split["test_acc"]["random"][0]
-    assert (Path(_invoke("report", run_id, "--store", str(store))[1].split("report: ")[1].strip()).parent
+    assert (Path(invoke("report", run_id, "--store", str(store))[1].split("report: ")[1].strip()).parent
             / "accuracy_vs_active.png").is_file()
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_invoke import invoke
 
-from subnets.cli import cli
 from subnets.data.sentences import load_paraphrase_records
 from subnets.pooling import embeddings
 from subnets.pooling.embeddings import (
@@ -45,18 +44,11 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def _invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
 def _run(store: Path, overrides: list[str]) -> tuple[int, str, str]:
     args = ["run", str(RECIPE), "--store", str(store), "--quiet", "--device", "cpu"]
     for override in overrides:
         args += ["--set", override]
-    return _invoke(*args)
+    return invoke(*args)
 
 
 def test_readout_names() -> None:
@@ -150,7 +142,7 @@ def test_tiny_run_stores_resumes_and_reports(tmp_path, monkeypatch, one_thread) 
     code, stdout, stderr = _run(store, TINY)
     assert code == 0, stderr
     run_id = stdout.split()[1]
-    units = json.loads(_invoke("show", run_id, "--store", str(store), "--json")[1])["levels"]
+    units = json.loads(invoke("show", run_id, "--store", str(store), "--json")[1])["levels"]
     readouts = [u for u in units if u.get("step") == "readout"]
     assert len(readouts) == 4 + 3 * 2  # unlearned once, learned once per seed
     encoded = next(u for u in units if u.get("step") == "encode")
@@ -178,10 +170,10 @@ def test_tiny_run_stores_resumes_and_reports(tmp_path, monkeypatch, one_thread) 
     monkeypatch.setattr(embeddings, "encode", no_encoding)
     code, stdout, stderr = _run(store, TINY)  # the same run: every step is stored
     assert code == 0 and run_id in stdout, stderr
-    index = Path(_invoke("report", run_id, "--store", str(store))[1].split("report: ")[1].strip())
+    index = Path(invoke("report", run_id, "--store", str(store))[1].split("report: ")[1].strip())
     for plot in ("top1.png", "by_layer.png", "layer_weights.png"):
         assert (index.parent / plot).is_file()
-    table = _invoke("show", run_id, "--store", str(store), "--markdown")[1]
+    table = invoke("show", run_id, "--store", str(store), "--markdown")[1]
     assert "weighted-layers/mean" in table and "reference" in table
 
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_invoke import invoke
 from scipy import stats
 
-from subnets.cli import cli
 from subnets.pooling.statistics import holm, paired_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,22 +18,15 @@ TINY = ["seeds=[0,1,2]", 'pools=["max","gem","stochastic"]', "train.length=40it"
         "data.options.num_samples=600"]
 
 
-def _invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
 def _run(store: Path, overrides: list[str], recipe: str = "pooling-mnist1d.toml") -> tuple[int, str, str]:
     args = ["run", str(ROOT / "recipes" / recipe), "--store", str(store), "--quiet", "--device", "cpu"]
     for override in overrides:
         args += ["--set", override]
-    return _invoke(*args)
+    return invoke(*args)
 
 
 def _units(store: Path, run_id: str) -> dict[str, dict]:
-    view = json.loads(_invoke("show", run_id, "--store", str(store), "--json")[1])
+    view = json.loads(invoke("show", run_id, "--store", str(store), "--json")[1])
     return {f"{u['pool']}/s{u['seed']}": u for u in view["levels"]}
 
 
@@ -58,9 +50,9 @@ def test_pooling_run_stores_every_pool_and_seed_reproducibly_and_resumes(tmp_pat
 
     code, stdout, _ = _run(tmp_path / "a", TINY)  # the same run: nothing trains again
     assert code == 0 and run_id in stdout
-    markdown = _invoke("show", run_id, "--store", str(tmp_path / "a"), "--markdown")[1]
+    markdown = invoke("show", run_id, "--store", str(tmp_path / "a"), "--markdown")[1]
     assert "p (paired t)" in markdown and markdown.splitlines()[2].startswith("| max |")  # baseline first
-    index = Path(_invoke("report", run_id, "--store", str(tmp_path / "a"))[1].split("report: ")[1].strip())
+    index = Path(invoke("report", run_id, "--store", str(tmp_path / "a"))[1].split("report: ")[1].strip())
     assert all((index.parent / name).is_file() for name in ("accuracy.png", "differences.png", "curves.png"))
 
 

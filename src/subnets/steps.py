@@ -62,19 +62,27 @@ def run_trainings(steps: StepStore, progress: Progress, task: str, variants: Seq
                   describe: Callable[[dict[str, Any]], str]) -> list[dict[str, Any]]:
     """Run (or resume) one training per variant and seed (seeds outer), each stored as the step
     ``{variant}/s{seed}``; ``describe(result)`` is the log line after the key. Returns every step's result."""
-    progress.start(task, len(variants) * len(seeds), f"trainings ({task} variant x seed)")
+    return run_units(steps, progress, task, [(variant, seed) for seed in seeds for variant in variants], train,
+                     describe)
+
+
+def run_units(steps: StepStore, progress: Progress, task: str, units: Sequence[tuple[str, int]],
+              train: Callable[[str, int], tuple[dict[str, Any], dict[str, Tensors]]],
+              describe: Callable[[dict[str, Any]], str]) -> list[dict[str, Any]]:
+    """Run (or resume) ``train(variant, seed)`` for each ``(variant, seed)`` of ``units`` in order, each stored as
+    the step ``{variant}/s{seed}``; ``describe(result)`` is the log line after the key. Returns every result."""
+    progress.start(task, len(units), f"trainings ({task} variant x seed)")
     results = []
-    for seed in seeds:
-        for variant in variants:
-            key = f"{variant}/s{seed}"
-            found = steps.get_step(key)
-            if found is None:
-                found = train(variant, seed)
-                steps.put_step(key, *found)
-                line = f"{key}: {describe(found[0])}"
-                steps.log(line)
-                progress.log(line)
-            results.append(found[0])
-            progress.advance(task, 1, variant=variant, seed=seed)
+    for variant, seed in units:
+        key = f"{variant}/s{seed}"
+        found = steps.get_step(key)
+        if found is None:
+            found = train(variant, seed)
+            steps.put_step(key, *found)
+            line = f"{key}: {describe(found[0])}"
+            steps.log(line)
+            progress.log(line)
+        results.append(found[0])
+        progress.advance(task, 1, variant=variant, seed=seed)
     progress.finish(task)
     return results

@@ -54,11 +54,11 @@ class BoostedNet(nn.Module):
         self.extractor = extractor
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
-        self.hidden_weight = nn.Parameter(torch.zeros(0, len(mean)))
-        self.hidden_bias = nn.Parameter(torch.zeros(0))
-        self.out_weight = nn.Parameter(torch.zeros(len(bias), 0))
+        self.hidden_weight = nn.Parameter(mean.new_zeros(0, len(mean)))
+        self.hidden_bias = nn.Parameter(mean.new_zeros(0))
+        self.out_weight = nn.Parameter(mean.new_zeros(len(bias), 0))
         self.out_bias = nn.Parameter(bias.clone())
-        self.stage_bias = nn.Parameter(torch.zeros(0, len(bias)))
+        self.stage_bias = nn.Parameter(mean.new_zeros(0, len(bias)))
         self.units, self.activation = units, activation
 
     @property
@@ -104,24 +104,29 @@ class _BoostedMLP(BaseEstimator):
 
     def __init__(self, n_stages: int = 20, units_per_stage: int = 8, learning_rate: float = 0.5,
                  stage_optimizer: Literal["adam", "lbfgs"] = "adam", stage_steps: int = 200,
-                 stage_lr: float = 0.01, subsample: float = 1.0, activation: Literal["relu", "tanh"] = "relu",
-                 line_search: bool = True, validation_fraction: float | None = None,
+                 stage_lr: float = 0.01, batch_size: int | None = None, subsample: float = 1.0,
+                 activation: Literal["relu", "tanh"] = "relu",
+                 line_search: bool = True, max_step: float = 10.0, validation_fraction: float | None = None,
                  n_iter_no_change: int | None = None, random_state: int | None = None,
-                 feature_extractor: nn.Module | None = None, train_extractor: bool = False) -> None:
+                 feature_extractor: nn.Module | None = None, train_extractor: bool = False,
+                 device: str = "cpu") -> None:
         self.n_stages = n_stages
         self.units_per_stage = units_per_stage
         self.learning_rate = learning_rate
         self.stage_optimizer = stage_optimizer
         self.stage_steps = stage_steps
         self.stage_lr = stage_lr
+        self.batch_size = batch_size
         self.subsample = subsample
         self.activation = activation
         self.line_search = line_search
+        self.max_step = max_step
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.random_state = random_state
         self.feature_extractor = feature_extractor
         self.train_extractor = train_extractor
+        self.device = device
 
     @property
     def module(self) -> BoostedNet:
@@ -134,6 +139,13 @@ class _BoostedMLP(BaseEstimator):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int | np.integer)
+                                            or isinstance(self.batch_size, bool) or self.batch_size < 1):
+            raise ValueError(f"batch_size must be an int >= 1 or None, got {self.batch_size!r}")
+        if self.batch_size is not None and self.stage_optimizer == "lbfgs":
+            raise ValueError("batch_size needs stage_optimizer='adam' (L-BFGS fits each stage on the full batch)")
+        if not self.max_step > 0:
+            raise ValueError(f"max_step must be > 0, got {self.max_step!r}")
         if not self.learning_rate > 0 or not self.stage_lr > 0:
             raise ValueError(f"learning_rate and stage_lr must be > 0, got {self.learning_rate!r}, "
                              f"{self.stage_lr!r}")
@@ -146,26 +158,39 @@ class _BoostedMLP(BaseEstimator):
         if self.validation_fraction is not None and not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1) or None, got {self.validation_fraction!r}")
 
-    def _boost(self, x: np.ndarray, y: torch.Tensor, loss: Any, scale: torch.Tensor, shift: torch.Tensor) -> None:
-        """Fit ``self.module_`` to ``y`` (``(n, K)`` in the loss's space; outputs are ``shift + scale * F``)."""
+    def _boost(self, x: np.ndarray, y: torch.Tensor, loss: Any, scale: torch.Tensor, shift: torch.Tensor,
+               held_out: tuple[np.ndarray, torch.Tensor] | None = None) -> None:
+        """Fit ``self.module_`` to ``y`` (``(n, K)`` in the loss's space; outputs are ``shift + scale * F``);
+        ``held_out`` is a validation set given to ``fit`` (``eval_set``), in the same spaces."""
         generator = torch.Generator().manual_seed(0 if self.random_state is None else int(self.random_state))
         torch_state = torch.random.get_rng_state()
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=generator)))
+        inputs = torch.tensor(x, dtype=torch.float32)
+        if held_out is not None:
+            if self.validation_fraction is not None:
+                raise ValueError("give either eval_set or validation_fraction, not both")
+            inputs, y = torch.cat([inputs, torch.tensor(held_out[0], dtype=torch.float32)]), torch.cat([y, held_out[1]])
+        device = self._torch_device()
         try:
-            self._boost_seeded(torch.tensor(x, dtype=torch.float32), y, loss, scale, shift, generator)
+            self._boost_seeded(inputs.to(device), y.to(device), loss, scale.to(device), shift.to(device), generator,
+                               0 if held_out is None else len(held_out[1]))
         finally:
             torch.random.set_rng_state(torch_state)
 
     def _boost_seeded(self, x: torch.Tensor, y: torch.Tensor, loss: Any, scale: torch.Tensor, shift: torch.Tensor,
-                      generator: torch.Generator) -> None:
-        n = len(x)
+                      generator: torch.Generator, held_out: int) -> None:
+        """The boosting loop; the last ``held_out`` rows of ``x`` and ``y`` are the validation set (when 0,
+        ``validation_fraction`` of the rows are drawn for it)."""
+        n = len(x) - held_out
         order = torch.randperm(n, generator=generator)
         n_val = int(round(n * self.validation_fraction)) if self.validation_fraction else 0
         if self.validation_fraction and not 0 < n_val < n:
             raise ValueError(f"validation_fraction={self.validation_fraction} leaves no training or validation "
                              f"rows of {n}")
         val, train = order[:n_val], order[n_val:]
-        extractor = None if self.feature_extractor is None else copy.deepcopy(self.feature_extractor)
+        if held_out:
+            val, train, n_val = torch.arange(n, n + held_out), torch.arange(n), held_out
+        extractor = None if self.feature_extractor is None else copy.deepcopy(self.feature_extractor).to(x.device)
         features = _extract(extractor, x)
         y_train = y[train]
         mean, std = features[train].mean(0), features[train].std(0, unbiased=False)
@@ -189,13 +214,14 @@ class _BoostedMLP(BaseEstimator):
                 # of features that no longer move.
                 x_rows = x[train][rows]
                 extractor.train()
-                stage = self._fit_stage(lambda x_rows=x_rows: (extractor(x_rows) - mean) / std, residual[rows],
-                                        y.shape[1], list(extractor.parameters()))
+                stage = self._fit_stage(lambda batch, x_rows=x_rows: (extractor(x_rows[batch]) - mean) / std,
+                                        residual[rows], y.shape[1], list(extractor.parameters()), generator)
                 features = _extract(extractor, x)
                 z_train, z_val = (features[train] - mean) / std, (features[val] - mean) / std
             else:
                 z_rows = z_train[rows]
-                stage = self._fit_stage(lambda z_rows=z_rows: z_rows, residual[rows], y.shape[1], [])
+                stage = self._fit_stage(lambda batch, z_rows=z_rows: z_rows[batch], residual[rows], y.shape[1], [],
+                                        generator)
             with torch.no_grad():
                 h_train, h_val = stage(z_train), stage(z_val)
             step = self._step(loss, y_train, f_train, h_train) * self.learning_rate
@@ -218,19 +244,20 @@ class _BoostedMLP(BaseEstimator):
             self.module_.truncate(best)
         self.n_stages_ = self.module_.stages
 
-    def _fit_stage(self, inputs: Callable[[], torch.Tensor], residual: torch.Tensor, outputs: int,
-                   extra: list[nn.Parameter]) -> nn.Sequential:
-        """J new units and their output weights fitted to ``residual`` by least squares on ``inputs()``; the
-        ``extra`` parameters (a feature extractor's) train with them."""
+    def _fit_stage(self, inputs: Callable[[Any], torch.Tensor], residual: torch.Tensor, outputs: int,
+                   extra: list[nn.Parameter], generator: torch.Generator) -> nn.Sequential:
+        """J new units and their output weights fitted to ``residual`` by least squares on ``inputs(rows)``
+        (full batch, or Adam on minibatches of ``batch_size`` rows drawn without replacement, epoch by epoch);
+        the ``extra`` parameters (a feature extractor's) train with them."""
         with torch.no_grad():
-            width = inputs().shape[1]
+            width = inputs(slice(0, 1)).shape[1]
         stage = nn.Sequential(nn.Linear(width, self.units_per_stage),
                               nn.ReLU() if self.activation == "relu" else nn.Tanh(),
-                              nn.Linear(self.units_per_stage, outputs))
+                              nn.Linear(self.units_per_stage, outputs)).to(residual.device)
         parameters = [*stage.parameters(), *extra]
 
-        def objective() -> torch.Tensor:
-            return (stage(inputs()) - residual).pow(2).sum(1).mean()
+        def objective(batch: Any = slice(None)) -> torch.Tensor:
+            return (stage(inputs(batch)) - residual[batch]).pow(2).sum(1).mean()
 
         if self.stage_optimizer == "lbfgs":
             optimizer = torch.optim.LBFGS(parameters, lr=1.0, max_iter=self.stage_steps,
@@ -245,22 +272,52 @@ class _BoostedMLP(BaseEstimator):
             optimizer.step(closure)
         else:
             optimizer = torch.optim.Adam(parameters, lr=self.stage_lr)
+            n, size = len(residual), self.batch_size
+            batched = size is not None and size < n
+            order, position = (torch.randperm(n, generator=generator) if batched else None), 0
             for _ in range(self.stage_steps):
+                batch: Any = slice(None)
+                if batched:
+                    if position + size > n:
+                        order, position = torch.randperm(n, generator=generator), 0
+                    batch, position = order[position:position + size], position + size
                 optimizer.zero_grad()
-                objective().backward()
+                objective(batch).backward()
                 optimizer.step()
         return stage
 
     def _step(self, loss: Any, y: torch.Tensor, f: torch.Tensor, h: torch.Tensor) -> float:
-        """The multiplier of the new stage's output that minimises the training loss (1 without line search)."""
+        """The multiplier in ``[0, max_step]`` of the new stage's output that minimises the training loss (1 without
+        line search). The bound matters for classification: on separable training rows the loss keeps falling as
+        the multiplier grows, and an unbounded step makes the model overconfident after one stage."""
         if not self.line_search:
             return 1.0
         if isinstance(loss, SquaredError):  # closed form: <r, h> / <h, h>
             denominator = float(h.pow(2).sum())
-            return float((loss.residuals(y, f) * h).sum()) / denominator if denominator > 0 else 0.0
-        result = minimize_scalar(lambda rho: float(loss.loss(y, f + rho * h)), bounds=(0.0, 100.0),
+            step = float((loss.residuals(y, f) * h).sum()) / denominator if denominator > 0 else 0.0
+            return min(max(step, 0.0), self.max_step)
+        result = minimize_scalar(lambda rho: float(loss.loss(y, f + rho * h)), bounds=(0.0, self.max_step),
                                  method="bounded", options={"xatol": 1e-4})
         return float(result.x)
+
+    def _torch_device(self) -> torch.device:
+        """``device`` as a torch device: ``"auto"`` is CUDA when there is one; CUDA without one is an error."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+        return device
+
+    def _check_eval_set(self, eval_set: Any, **options: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``eval_set`` validated like the training data (same number of features, finite, equal lengths)."""
+        if not isinstance(eval_set, tuple | list) or len(eval_set) != 2:
+            raise ValueError("eval_set must be a pair (X_val, y_val)")
+        x_val, y_val = validate_data(self, *eval_set, reset=False, dtype=np.float64, **options)
+        return x_val, y_val
 
     def _raw(self, X: Any, stages: int | None) -> torch.Tensor:
         check_is_fitted(self, "module_")
@@ -268,7 +325,12 @@ class _BoostedMLP(BaseEstimator):
         if stages is not None and (not isinstance(stages, int | np.integer) or not 0 <= stages <= self.n_stages_):
             raise ValueError(f"stages must be an int in [0, {self.n_stages_}], got {stages!r}")
         with torch.no_grad():
-            return self.module_(torch.tensor(x, dtype=torch.float32), stages)
+            return self.module_(torch.tensor(x, dtype=torch.float32, device=self.module_.mean.device), stages).cpu()
+
+
+def _as_float_targets(y: np.ndarray) -> torch.Tensor:
+    """Regression targets ``(n,)`` or ``(n, K)`` as a float32 tensor ``(n, K)`` (a copy)."""
+    return torch.tensor(np.asarray(y, dtype=np.float64).reshape(len(y), -1), dtype=torch.float32)
 
 
 class BoostedMLPRegressor(RegressorMixin, _BoostedMLP):
@@ -279,15 +341,22 @@ class BoostedMLPRegressor(RegressorMixin, _BoostedMLP):
         tags.target_tags.multi_output = True
         return tags
 
-    def fit(self, X: Any, y: Any) -> BoostedMLPRegressor:
-        """Grow the network stage by stage on ``X`` ``(n, d)``, ``y`` ``(n,)`` or ``(n, K)``."""
+    def fit(self, X: Any, y: Any, eval_set: tuple[Any, Any] | None = None) -> BoostedMLPRegressor:
+        """Grow the network stage by stage on ``X`` ``(n, d)``, ``y`` ``(n,)`` or ``(n, K)``; ``eval_set``
+        ``(X_val, y_val)`` is the validation set of early stopping (instead of ``validation_fraction``)."""
         self._check_params()
         x, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
-        targets = torch.tensor(np.asarray(y, dtype=np.float64).reshape(len(y), -1), dtype=torch.float32)
+        targets = _as_float_targets(y)
         self._single_output = np.ndim(y) == 1
         shift, scale = targets.mean(0), targets.std(0, unbiased=False)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        self._boost(x, (targets - shift) / scale, SquaredError(), scale, shift)
+        held_out = None
+        if eval_set is not None:
+            x_val, y_val = self._check_eval_set(eval_set, multi_output=True, y_numeric=True)
+            if y_val.ndim != y.ndim:
+                raise ValueError(f"eval_set: y_val has {y_val.ndim} dimension(s), y has {y.ndim}")
+            held_out = (x_val, (_as_float_targets(y_val) - shift) / scale)
+        self._boost(x, (targets - shift) / scale, SquaredError(), scale, shift, held_out)
         return self
 
     def predict(self, X: Any, stages: int | None = None) -> np.ndarray:
@@ -299,8 +368,9 @@ class BoostedMLPRegressor(RegressorMixin, _BoostedMLP):
 class BoostedMLPClassifier(ClassifierMixin, _BoostedMLP):
     """A boosted MLP classifier: binary log-loss for two classes, the multinomial deviance for more."""
 
-    def fit(self, X: Any, y: Any) -> BoostedMLPClassifier:
-        """Grow the network stage by stage on ``X`` ``(n, d)`` and labels ``y`` ``(n,)``."""
+    def fit(self, X: Any, y: Any, eval_set: tuple[Any, Any] | None = None) -> BoostedMLPClassifier:
+        """Grow the network stage by stage on ``X`` ``(n, d)`` and labels ``y`` ``(n,)``; ``eval_set``
+        ``(X_val, y_val)`` is the validation set of early stopping (instead of ``validation_fraction``)."""
         self._check_params()
         x, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
@@ -308,14 +378,25 @@ class BoostedMLPClassifier(ClassifierMixin, _BoostedMLP):
         self.classes_ = self._encoder.classes_
         if len(self.classes_) < 2:
             raise ValueError("BoostedMLPClassifier needs at least 2 classes in y, got 1 class")
+        loss = BinaryLogLoss() if len(self.classes_) == 2 else MultinomialDeviance()
+        held_out = None
+        if eval_set is not None:
+            x_val, y_val = self._check_eval_set(eval_set)
+            unknown = set(np.unique(y_val)) - set(self.classes_)
+            if unknown:
+                raise ValueError(f"eval_set: y_val has classes not in y: {sorted(unknown)!r}")
+            held_out = (x_val, self._targets(y_val))
+        targets = self._targets(y)
+        outputs = targets.shape[1]
+        self._boost(x, targets, loss, torch.ones(outputs), torch.zeros(outputs), held_out)
+        return self
+
+    def _targets(self, y: np.ndarray) -> torch.Tensor:
+        """Labels as the loss's targets: 0/1 ``(n, 1)`` for two classes, one-hot ``(n, K)`` for more."""
         codes = torch.as_tensor(self._encoder.transform(y))
         if len(self.classes_) == 2:
-            targets, loss = codes.float()[:, None], BinaryLogLoss()
-        else:
-            targets, loss = torch.nn.functional.one_hot(codes, len(self.classes_)).float(), MultinomialDeviance()
-        outputs = targets.shape[1]
-        self._boost(x, targets, loss, torch.ones(outputs), torch.zeros(outputs))
-        return self
+            return codes.float()[:, None]
+        return torch.nn.functional.one_hot(codes, len(self.classes_)).float()
 
     def predict_proba(self, X: Any, stages: int | None = None) -> np.ndarray:
         """Class probabilities ``(n, n_classes)`` from the first ``stages`` stages (all by default)."""

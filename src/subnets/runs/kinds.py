@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
+from subnets.boosting.experiments import BoostingTabularConfig, BoostingTabularExperiment
 from subnets.data import Dataset, load_dataset
 from subnets.experts.experiments import MoEConfig, MoEExperiment, MoefyConfig, MoefyExperiment
 from subnets.experts.moefy_minilm import MoefyMiniLMConfig, MoefyMiniLMExperiment
@@ -81,4 +82,5 @@ KINDS: dict[str, Kind] = {
     "pooling": Kind("pooling", PoolingConfig, _on_data(PoolingExperiment)),
     "pooling-embeddings": Kind("pooling-embeddings", PoolingEmbeddingsConfig,
                                _self_sourced(PoolingEmbeddingsExperiment)),
+    "boosting-tabular": Kind("boosting-tabular", BoostingTabularConfig, _self_sourced(BoostingTabularExperiment)),
 }

@@ -1,0 +1,237 @@
+"""The ``boosting-tabular`` experiment: the boosted MLP against the same MLP trained end to end (Adam, SGD, L-BFGS)
+and against gradient-boosted trees (LightGBM, XGBoost, HistGradientBoosting), on tables split by
+cross-validation (MNIST: its fixed split, repeated with different seeds).
+
+Every method of a fold gets the same fit rows, stops early on the same validation rows and is scored on the same
+test rows, so scores are paired by fold. The end-to-end MLPs have as many hidden units as the boosted MLP at full
+length (``n_stages * units_per_stage``). Each step (``{table}/{method}/s{fold}``) also stores the truncation
+curve of the MLPs: the test score with only the first ``k`` stages' units of the boosted MLP, and with as many
+units of an end-to-end MLP kept, either the first by index (the hidden units of a dense layer are exchangeable,
+so this is a random choice) or those of largest ``|w_in| * |w_out|``.
+
+Tree ensembles without row or feature subsampling are deterministic given their data, so on a table with a
+fixed split they are fitted once (fold 0), not once per repetition.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from threadpoolctl import threadpool_limits
+
+from subnets.boosting.baselines import (
+    MLP_OPTIMIZERS,
+    TREES,
+    MLPSettings,
+    TreeSettings,
+    check_tree_packages,
+    fit_mlp,
+    fit_trees,
+)
+from subnets.boosting.estimators import BoostedMLPClassifier, BoostedMLPRegressor
+from subnets.boosting.tabular import TABLES, Fold, Table, load_table, make_folds
+from subnets.progress import SILENT, Progress
+from subnets.steps import StepStore, Tensors, derive_seed, run_units
+
+BOOSTED = "boosted"
+MLPS = tuple(f"mlp-{name}" for name in MLP_OPTIMIZERS)
+METHODS = (BOOSTED, *MLPS, *TREES)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BoostedSection(_Section):
+    """``[boosted]``: the boosted MLP's settings (see :class:`~subnets.boosting.BoostedMLPClassifier`);
+    it stops after ``n_iter_no_change`` stages without a better validation loss (never when None)."""
+
+    n_stages: int = Field(20, ge=1)
+    units_per_stage: int = Field(8, ge=1)
+    learning_rate: float = Field(0.5, gt=0)
+    max_step: float = Field(10.0, gt=0)
+    stage_optimizer: Literal["adam", "lbfgs"] = "adam"
+    stage_steps: int = Field(200, ge=1)
+    stage_lr: float = Field(0.01, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    subsample: float = Field(1.0, gt=0, le=1)
+    n_iter_no_change: int | None = Field(5, ge=1)
+
+
+class MLPSection(_Section):
+    """``[mlp]``: the end-to-end MLPs' settings (see :class:`~subnets.boosting.baselines.MLPSettings`)."""
+
+    steps: int = Field(4000, ge=1)
+    batch_size: int = Field(128, ge=1)
+    adam_lr: float = Field(1e-3, gt=0)
+    sgd_lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    eval_every: int = Field(100, ge=1)
+    lbfgs_iterations: int = Field(500, ge=1)
+    lbfgs_eval_every: int = Field(10, ge=1)
+    patience: int = Field(10, ge=1)
+
+
+class TreeSection(_Section):
+    """``[trees]``: the tree ensembles' settings (see :class:`~subnets.boosting.baselines.TreeSettings`)."""
+
+    rounds: int = Field(1000, ge=1)
+    learning_rate: float = Field(0.1, gt=0)
+    leaves: int = Field(31, ge=2)
+    patience: int = Field(20, ge=1)
+
+
+def _known_distinct(what: str, known: tuple[str, ...]) -> Callable[[list[str]], list[str]]:
+    def check(names: list[str]) -> list[str]:
+        for name in names:
+            if name not in known:
+                raise ValueError(f"unknown {what} {name!r}; known: {', '.join(known)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{what}s must be distinct")
+        return names
+
+    return check
+
+
+class BoostingTabularConfig(_Section):
+    """A ``boosting-tabular`` recipe: ``methods`` on each of ``tables``, ``folds`` folds each, splits and model
+    seeds drawn from ``seed``; ``validation_fraction`` of each fold's training rows is held out for early
+    stopping (MNIST has its own validation split)."""
+
+    kind: Literal["boosting-tabular"] = "boosting-tabular"
+    name: str = Field(min_length=1)
+    seed: int = Field(0, ge=0)
+    folds: int = Field(5, ge=2, le=10)
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
+    tables: list[str] = Field(min_length=1)
+    methods: list[str] = Field(default_factory=lambda: list(METHODS), min_length=1)
+    boosted: BoostedSection = BoostedSection()
+    mlp: MLPSection = MLPSection()
+    trees: TreeSection = TreeSection()
+
+    _tables = field_validator("tables")(_known_distinct("table", tuple(TABLES)))
+    _methods = field_validator("methods")(_known_distinct("method", METHODS))
+
+
+def _score(table: Table, truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Accuracy, or R^2 for regression."""
+    if table.task == "classification":
+        return float((predicted == truth).mean())
+    return float(1 - ((predicted - truth) ** 2).sum() / ((truth - truth.mean()) ** 2).sum())
+
+
+def _metrics(table: Table, truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    if table.task == "classification":
+        return {"score": _score(table, truth, predicted), "accuracy": _score(table, truth, predicted)}
+    return {"score": _score(table, truth, predicted), "r2": _score(table, truth, predicted),
+            "rmse": float(np.sqrt(((predicted - truth) ** 2).mean()))}
+
+
+class BoostingTabularExperiment:
+    """The steps of one ``boosting-tabular`` recipe; the tables are loaded (and the tree packages checked) first."""
+
+    def __init__(self, config: BoostingTabularConfig, device: torch.device, progress: Progress = SILENT) -> None:
+        check_tree_packages(config.methods)
+        self.config, self.device, self.progress = config, device, progress
+        self.tables = {name: load_table(name) for name in config.tables}
+        self.folds = {name: make_folds(table, config.folds, config.seed, config.validation_fraction)
+                      for name, table in self.tables.items()}
+        self.source = {"tables": {name: table.source for name, table in self.tables.items()}}
+
+    def units(self) -> list[tuple[str, int]]:
+        """``(table/method, fold)`` in run order: fold by fold, so a partial run covers every table."""
+        return [(f"{table}/{method}", fold) for fold in range(self.config.folds) for table in self.config.tables
+                for method in self.config.methods
+                if not (self.tables[table].split and method in TREES and fold > 0)]
+
+    def run(self, steps: StepStore) -> list[dict[str, Any]]:
+        """Run (or resume) every table, method and fold, each stored as one step."""
+        return run_units(steps, self.progress, "boosting", self.units(), self._fit,
+                         lambda r: f"{'accuracy' if 'accuracy' in r else 'R2'} {r['score']:.4f}, "
+                                   f"fit {r['fit_seconds']:.1f}s")
+
+    def _fit(self, variant: str, fold: int) -> tuple[dict[str, Any], dict[str, Tensors]]:
+        name, method = variant.split("/")
+        table, rows = self.tables[name], self.folds[name][fold]
+        seed = derive_seed(self.config.seed, name, method, fold) % 2**31
+        data = (table.x[rows.fit], table.y[rows.fit], table.x[rows.val], table.y[rows.val])
+        if method == BOOSTED:
+            result, tensors = self._boosted(table, rows, data, seed)
+        elif method in MLPS:
+            result, tensors = self._mlp(table, rows, data, method.removeprefix("mlp-"), seed)
+        else:
+            result, tensors = self._trees(table, rows, data, method, seed)
+        return {"table": name, "method": method, "seed": fold, "fold": fold, "task": table.task,
+                "rows": {"fit": len(rows.fit), "val": len(rows.val), "test": len(rows.test)}, **result}, tensors
+
+    def _boosted(self, table: Table, rows: Fold, data: tuple[np.ndarray, ...],
+                 seed: int) -> tuple[dict[str, Any], dict[str, Tensors]]:
+        settings = self.config.boosted
+        estimator = (BoostedMLPClassifier if table.task == "classification" else BoostedMLPRegressor)(
+            **settings.model_dump(), validation_fraction=None, random_state=seed, device=str(self.device))
+        start = time.perf_counter()
+        estimator.fit(data[0], data[1], eval_set=(data[2], data[3]))
+        seconds = time.perf_counter() - start
+        x_test, y_test = table.x[rows.test], table.y[rows.test]
+        start = time.perf_counter()
+        predicted = estimator.predict(x_test)
+        predict_seconds = time.perf_counter() - start
+        units = settings.units_per_stage
+        curve = [_score(table, y_test, estimator.predict(x_test, stages=t)) for t in range(estimator.n_stages_ + 1)]
+        return ({**_metrics(table, y_test, predicted), "fit_seconds": seconds, "predict_seconds": predict_seconds,
+                 "hidden_units": estimator.n_stages_ * units, "stages": estimator.n_stages_,
+                 "stage_seconds": estimator.stage_seconds_, "train_loss": estimator.train_loss_,
+                 "validation_loss": estimator.validation_loss_,
+                 "truncation": {"units": [t * units for t in range(len(curve))], "score": curve,
+                                "width": settings.n_stages * units, "step": units}},
+                {"final": {k: v.detach().cpu() for k, v in estimator.module.state_dict().items()}})
+
+    def _mlp(self, table: Table, rows: Fold, data: tuple[np.ndarray, ...], optimizer: str,
+             seed: int) -> tuple[dict[str, Any], dict[str, Tensors]]:
+        boosted, settings = self.config.boosted, self.config.mlp
+        width = boosted.n_stages * boosted.units_per_stage
+        start = time.perf_counter()
+        model, facts, (shift, scale) = fit_mlp(*data, table.task, table.classes, optimizer,  # type: ignore[arg-type]
+                                               MLPSettings(width=width, **settings.model_dump()), seed, self.device)
+        seconds = time.perf_counter() - start
+        x_test = torch.tensor(table.x[rows.test], dtype=torch.float32, device=self.device)
+        y_test = table.y[rows.test]
+
+        def predict(keep: torch.Tensor | None = None) -> np.ndarray:
+            with torch.no_grad():
+                out = model(x_test, keep).cpu()
+            return out.argmax(1).numpy() if table.task == "classification" else out[:, 0].double().numpy() * scale \
+                + shift
+
+        start = time.perf_counter()
+        predicted = predict()
+        predict_seconds = time.perf_counter() - start
+        step = boosted.units_per_stage
+        counts = list(range(0, width + 1, step))
+        by_magnitude = model.unit_order()
+        curve = [_score(table, y_test, predict(torch.arange(k, device=self.device))) for k in counts]
+        magnitude = [_score(table, y_test, predict(by_magnitude[:k])) for k in counts]
+        return ({**_metrics(table, y_test, predicted), "fit_seconds": seconds, "predict_seconds": predict_seconds,
+                 "hidden_units": width, **facts,
+                 "truncation": {"units": counts, "score": curve, "score_magnitude": magnitude, "width": width,
+                                "step": step}},
+                {"final": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
+
+    def _trees(self, table: Table, rows: Fold, data: tuple[np.ndarray, ...], method: str,
+               seed: int) -> tuple[dict[str, Any], dict[str, Tensors]]:
+        threads = torch.get_num_threads()
+        with threadpool_limits(threads):
+            start = time.perf_counter()
+            model, facts = fit_trees(method, *data, table.task, TreeSettings(**self.config.trees.model_dump()), seed,
+                                     threads)
+            seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            predicted = np.asarray(model.predict(table.x[rows.test]))
+            predict_seconds = time.perf_counter() - start
+        return ({**_metrics(table, table.y[rows.test], predicted.reshape(-1)), "fit_seconds": seconds,
+                 "predict_seconds": predict_seconds, **facts}, {})
