@@ -187,8 +187,7 @@ class BoostingTabularExperiment:
                  "hidden_units": estimator.n_stages_ * units, "stages": estimator.n_stages_,
                  "stage_seconds": estimator.stage_seconds_, "train_loss": estimator.train_loss_,
                  "validation_loss": estimator.validation_loss_,
-                 "truncation": {"units": [t * units for t in range(len(curve))], "score": curve,
-                                "width": settings.n_stages * units, "step": units}},
+                 "truncation": {"units": [t * units for t in range(len(curve))], "score": curve}},
                 {"final": {k: v.detach().cpu() for k, v in estimator.module.state_dict().items()}})
 
     def _mlp(self, table: Table, rows: Fold, data: tuple[np.ndarray, ...], optimizer: str,
@@ -218,8 +217,7 @@ class BoostingTabularExperiment:
         magnitude = [_score(table, y_test, predict(by_magnitude[:k])) for k in counts]
         return ({**_metrics(table, y_test, predicted), "fit_seconds": seconds, "predict_seconds": predict_seconds,
                  "hidden_units": width, **facts,
-                 "truncation": {"units": counts, "score": curve, "score_magnitude": magnitude, "width": width,
-                                "step": step}},
+                 "truncation": {"units": counts, "score": curve, "score_magnitude": magnitude}},
                 {"final": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
 
     def _trees(self, table: Table, rows: Fold, data: tuple[np.ndarray, ...], method: str,

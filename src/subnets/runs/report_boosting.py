@@ -2,7 +2,7 @@
 fold against the boosted MLP, and the truncation curves (score vs hidden units kept).
 
 Scores are accuracy (classification) and RMSE with R^2 (regression), mean ± population std over folds. Δ is the
-mean over folds of (method − boosted MLP) in accuracy points or R^2, with a 95% t interval and the paired t-test
+mean over folds of (method − boosted MLP) in accuracy points or RMSE, with a 95% t interval and the paired t-test
 (Holm-adjusted over the methods of the table). Trees fitted once on a fixed split have no interval.
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 
 from subnets.boosting import tabular
 from subnets.boosting.experiments import BOOSTED, METHODS, MLPS
@@ -21,6 +22,7 @@ from subnets.runs import report as base
 from subnets.runs.pages import group_by, mean_std, p_value, page
 
 Units = list[dict[str, Any]]
+COLORS = dict(zip(METHODS, ["C3", "C1", "C2", "C0", "C4", "C5", "C6"], strict=True))
 
 
 def _tables(units: Units) -> dict[str, dict[str, Units]]:
@@ -33,10 +35,10 @@ def _tables(units: Units) -> dict[str, dict[str, Units]]:
     return found
 
 
-def _comparisons(methods: dict[str, Units]) -> dict[str, dict[str, Any]]:
-    """Each method's paired comparison of ``score`` with the boosted MLP over shared folds, Holm-adjusted."""
-    reference = {u["fold"]: u["score"] for u in methods.get(BOOSTED, [])}
-    found = {m: paired_comparison({u["fold"]: u["score"] for u in group}, reference)
+def _comparisons(methods: dict[str, Units], key: str) -> dict[str, dict[str, Any]]:
+    """Each method's paired comparison of ``key`` with the boosted MLP over shared folds, Holm-adjusted."""
+    reference = {u["fold"]: u[key] for u in methods.get(BOOSTED, [])}
+    found = {m: paired_comparison({u["fold"]: u[key] for u in group}, reference)
              for m, group in methods.items() if m != BOOSTED}
     for method, adjusted in zip(found, holm([r["p_t"] for r in found.values()]), strict=True):
         found[method]["p_t_holm"] = adjusted
@@ -53,22 +55,21 @@ def boosting_rows(units: Units) -> list[dict[str, str]]:
     """One row per table and method: score, Δ to the boosted MLP with interval and p-values, fit time, size."""
     rows = []
     for table, methods in _tables(units).items():
-        tests = _comparisons(methods)
+        classification = next(iter(methods.values()))[0]["task"] == "classification"
+        key, scale, digits = ("accuracy", 100, 2) if classification else ("rmse", 1, 3)
+        tests = _comparisons(methods, key)
         for method, group in methods.items():
-            classification = group[0]["task"] == "classification"
             test = tests.get(method)
-            scale = 100 if classification else 1
             ci = test["ci95"] if test else None
             rows.append({
                 "table": table,
                 "method": method,
                 "fits": str(len(group)),
-                "accuracy % / RMSE": mean_std(base._values(group, "accuracy" if classification else "rmse"),
-                                              scale, 2 if classification else 3),
+                "accuracy % / RMSE": mean_std(base._values(group, key), scale, digits),
                 "R²": "–" if classification else mean_std(base._values(group, "r2"), 1, 3),
                 "Δ vs boosted [95% CI]": "reference" if method == BOOSTED else "–" if not test or test["n"] == 0
-                else f"{scale * test['mean_diff']:+.2f}" + (f" [{scale * ci[0]:+.2f}, {scale * ci[1]:+.2f}]"
-                                                              if ci else ""),
+                else f"{scale * test['mean_diff']:+.{digits}f}" + (
+                    f" [{scale * ci[0]:+.{digits}f}, {scale * ci[1]:+.{digits}f}]" if ci else ""),
                 "p (paired t, Holm)": "–" if test is None else p_value(test.get("p_t_holm")),
                 "fit s": mean_std(base._values(group, "fit_seconds"), 1, 2),
                 "size": _size(group),
@@ -76,35 +77,34 @@ def boosting_rows(units: Units) -> list[dict[str, str]]:
     return rows
 
 
-def _full_curve(unit: dict[str, Any], key: str) -> list[float]:
+def _full_curve(unit: dict[str, Any], key: str, width: int, step: int) -> list[float]:
     """The unit's truncation scores at 0, step, ..., width units (the recipe's full width): a boosted MLP that
     stopped early with fewer units scores its full length beyond them (a budget it does not use up)."""
     curve = unit["truncation"]
     at = dict(zip(curve["units"], curve[key], strict=True))
-    return [at.get(k, curve[key][-1]) for k in range(0, curve["width"] + 1, curve["step"])]
+    return [at.get(k, curve[key][-1]) for k in range(0, width + 1, step)]
 
 
-def _truncation_lines(methods: dict[str, Units]) -> list[tuple[str, list[float], list[float], str, str]]:
-    """(label, x = fraction of units kept, mean score over folds, color, style) for the boosted MLP and the
-    MLPs: the end-to-end MLPs keep their units of largest magnitude (mlp-adam also its first units by index)."""
-    present = [m for m in (BOOSTED, *MLPS) if m in methods]
-    if not present:
-        return []
-    curve = methods[present[0]][0]["truncation"]
-    xs = [k / curve["width"] for k in range(0, curve["width"] + 1, curve["step"])]
+def _truncation_lines(methods: dict[str, Units], width: int,
+                      step: int) -> list[tuple[str, list[float], list[float], str, str]]:
+    """(label, x = fraction of the ``width`` units kept, mean score over folds, color, style) for the boosted
+    MLP and the MLPs: the end-to-end MLPs keep their units of largest magnitude (mlp-adam also its first units by
+    index)."""
+    xs = [k / width for k in range(0, width + 1, step)]
 
     def mean(group: Units, key: str) -> list[float]:
-        return [statistics.fmean(column) for column in zip(*(_full_curve(u, key) for u in group), strict=True)]
+        curves = (_full_curve(u, key, width, step) for u in group)
+        return [statistics.fmean(column) for column in zip(*curves, strict=True)]
 
     lines = []
-    for i, method in enumerate(present):
+    for method in (m for m in (BOOSTED, *MLPS) if m in methods):
         if method == BOOSTED:
-            lines.append(("boosted (first stages)", xs, mean(methods[method], "score"), "C3", "-"))
+            lines.append(("boosted (first stages)", xs, mean(methods[method], "score"), COLORS[method], "-"))
             continue
-        lines.append((f"{method} (largest |w_in|·|w_out|)", xs, mean(methods[method], "score_magnitude"), f"C{i}",
-                      ":"))
+        lines.append((f"{method} (largest |w_in|·|w_out|)", xs, mean(methods[method], "score_magnitude"),
+                      COLORS[method], ":"))
         if method == "mlp-adam":
-            lines.append(("mlp-adam (first by index)", xs, mean(methods[method], "score"), f"C{i}", "--"))
+            lines.append(("mlp-adam (first by index)", xs, mean(methods[method], "score"), COLORS[method], "--"))
     return lines
 
 
@@ -118,15 +118,17 @@ def _grid(count: int) -> tuple[Any, list[Any]]:
     return fig, flat
 
 
-def _plot_truncation(units: Units, path: Path) -> bool:
-    """Per table: test score vs fraction of hidden units kept, mean over folds."""
-    tables = {t: m for t, m in _tables(units).items() if _truncation_lines(m)}
+def _plot_truncation(recipe: dict[str, Any], units: Units, path: Path) -> bool:
+    """Per table: test score vs fraction of hidden units kept (of the recipe's full width), mean over folds."""
+    step = recipe["boosted"]["units_per_stage"]
+    width = recipe["boosted"]["n_stages"] * step
+    tables = {t: m for t, m in _tables(units).items() if _truncation_lines(m, width, step)}
     if not tables:
         return False
     fig, axes = _grid(len(tables))
     for ax, (table, methods) in zip(axes, tables.items(), strict=False):
         classification = next(iter(methods.values()))[0]["task"] == "classification"
-        for label, xs, ys, color, style in _truncation_lines(methods):
+        for label, xs, ys, color, style in _truncation_lines(methods, width, step):
             ax.plot(xs, [100 * y if classification else y for y in ys], style, color=color, label=label, linewidth=1.4)
         values = [100 * u["score"] if classification else u["score"] for g in methods.values() for u in g]
         top = max(values)
@@ -138,6 +140,7 @@ def _plot_truncation(units: Units, path: Path) -> bool:
     axes[0].legend(fontsize=7)
     fig.suptitle("Truncation: the boosted MLP keeps its first stages; the end-to-end MLPs keep as many units "
                  "(mean over folds)", fontsize=10)
+    fig.tight_layout()
     base._save(fig, path)
     return True
 
@@ -150,19 +153,21 @@ def _plot_score_time(units: Units, path: Path) -> bool:
     fig, axes = _grid(len(tables))
     for ax, (table, methods) in zip(axes, tables.items(), strict=False):
         classification = next(iter(methods.values()))[0]["task"] == "classification"
-        for i, (method, group) in enumerate(methods.items()):
+        for method, group in methods.items():
             scores = [100 * u["score"] if classification else u["score"] for u in group]
             seconds = [u["fit_seconds"] for u in group]
             ax.errorbar(statistics.fmean(seconds), statistics.fmean(scores), yerr=statistics.pstdev(scores),
-                        xerr=statistics.pstdev(seconds), fmt="o", color="C3" if method == BOOSTED else f"C{i}",
+                        xerr=statistics.pstdev(seconds), fmt="o", color=COLORS[method],
                         capsize=3, label=method)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(table)
         ax.set_xlabel("fit seconds (log)")
         ax.set_ylabel("test accuracy (%)" if classification else "test R²")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle("Test score vs fit time (mean ± std over folds)", fontsize=10)
+    fig.tight_layout()
     base._save(fig, path)
     return True
 
@@ -174,12 +179,12 @@ def boosting_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
         f"{len(tables)} tables; {len({u['method'] for u in units})} methods; {len(units)} fits.",
         "Results per table and method",
         "Accuracy % (classification) or RMSE and R² (regression) on the test rows, mean ± population std over "
-        "folds. Δ: mean over folds of (method − boosted MLP) in accuracy points or R², with a 95% t interval; "
+        "folds. Δ: mean over folds of (method − boosted MLP) in accuracy points or RMSE, with a 95% t interval; "
         "p: two-sided paired t-test, Holm-adjusted over the table's methods. Every method of a fold is fitted on "
         "the same rows and stops early on the same validation rows. Size: hidden units (MLPs) or boosting rounds "
         "kept (trees).",
         boosting_rows(units), out_dir, [
-            ("truncation.png", lambda p: _plot_truncation(units, p),
+            ("truncation.png", lambda p: _plot_truncation(run["recipe"], units, p),
              "Test score vs fraction of hidden units kept."),
             ("score_time.png", lambda p: _plot_score_time(units, p), "Test score vs fit time."),
         ])
