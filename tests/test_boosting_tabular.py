@@ -204,8 +204,9 @@ def test_a_run_stores_every_unit_with_truncation_curves_reproducibly(tmp_path) -
     code, stdout, _ = invoke("report", run_id, "--store", str(tmp_path / "a"))
     report = tmp_path / "a" / "reports" / run_id
     assert code == 0 and (report / "truncation.png").stat().st_size > 10_000
-    assert (report / "score_time.png").exists() and "Results per table and method" in \
-        (report / "index.html").read_text()
+    page = (report / "index.html").read_text()
+    assert (report / "score_time.png").exists() and "Results per table and method" in page
+    assert page.count("boosted (first stages)") == 2  # a truncation row per table
 
 
 @pytest.mark.parametrize(("override", "message"), [
