@@ -16,6 +16,8 @@ from subnets.boosting import experiments as boosting_experiments
 from subnets.boosting.baselines import MLPSettings, TreeSettings, check_tree_packages, fit_mlp, fit_trees
 from subnets.boosting.experiments import BoostingTabularConfig, BoostingTabularExperiment
 from subnets.boosting.tabular import Table, load_table, make_folds
+from subnets.progress import Progress
+from subnets.steps import MemoryStepStore
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['tables=["breast_cancer","diabetes"]', "folds=2", "boosted.n_stages=3", "boosted.stage_steps=20",
@@ -222,3 +224,40 @@ def test_a_bad_recipe_is_a_one_line_usage_error_and_writes_nothing(tmp_path, ove
     code, _, stderr = _run(store, [*TINY, override])
     assert code == 2 and message in stderr and stderr.count("\n") == 1, stderr
     assert not store.exists()
+
+
+class _Recorder(Progress):
+    def __init__(self) -> None:
+        self.started: dict[str, int] = {}
+        self.advanced: dict[str, int] = {}
+        self.finished: list[str] = []
+
+    def start(self, key: str, total: int, description: str = "") -> None:
+        self.started[key] = total
+
+    def advance(self, key: str, steps: int = 1, **metrics: float) -> None:
+        self.advanced[key] = self.advanced.get(key, 0) + steps
+
+    def finish(self, key: str) -> None:
+        self.finished.append(key)
+
+
+def test_long_fits_report_progress_per_stage_check_and_round() -> None:
+    recorder = _Recorder()
+    config = BoostingTabularConfig(name="t", tables=["breast_cancer"], folds=2,
+                                   methods=["boosted", "mlp-adam", "lightgbm", "xgboost"],
+                                   boosted={"n_stages": 4, "stage_steps": 20}, mlp={"steps": 300, "eval_every": 50},
+                                   trees={"rounds": 30})
+    results = BoostingTabularExperiment(config, torch.device("cpu"), recorder).run(MemoryStepStore())
+
+    def total(method: str, count) -> int:  # over both folds, which share the task's key
+        return sum(count(r) for r in results if r["method"] == method)
+
+    assert recorder.started["breast_cancer/boosted"] == 4
+    assert recorder.advanced["breast_cancer/boosted"] == total("boosted", lambda r: len(r["validation_loss"]) - 1)
+    assert recorder.started["breast_cancer/mlp-adam"] == 6
+    assert recorder.advanced["breast_cancer/mlp-adam"] == total("mlp-adam", lambda r: r["steps_run"] // 50)
+    for method in ("lightgbm", "xgboost"):  # every round run: those kept, and at most the patience more
+        kept = total(method, lambda r: r["rounds"])
+        assert kept <= recorder.advanced[f"breast_cancer/{method}"] <= kept + 2 * 20
+    assert set(recorder.finished) >= {"breast_cancer/boosted", "breast_cancer/lightgbm", "boosting"}

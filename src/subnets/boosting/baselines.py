@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from subnets.boosting.tabular import Task
+from subnets.progress import SILENT, Progress
 
 MLP_OPTIMIZERS = ("adam", "sgd", "lbfgs")
 TREES = ("lightgbm", "xgboost", "hist-gb")
@@ -80,9 +82,11 @@ def _loss(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def fit_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, task: Task, classes: int,
             optimizer: Literal["adam", "sgd", "lbfgs"], settings: MLPSettings, seed: int,
-            device: torch.device | str = "cpu") -> tuple[HiddenLayerMLP, dict[str, Any], tuple[float, float]]:
+            device: torch.device | str = "cpu", progress: Progress = SILENT,
+            key: str = "mlp") -> tuple[HiddenLayerMLP, dict[str, Any], tuple[float, float]]:
     """An MLP trained end to end on ``device`` with early stopping; returns it, facts about the training (steps
-    run, best step), and the target ``(shift, scale)`` of regression (outputs are standardised targets)."""
+    run, best step), and the target ``(shift, scale)`` of regression (outputs are standardised targets).
+    ``progress`` advances task ``key`` at each validation check."""
     if optimizer not in MLP_OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(MLP_OPTIMIZERS)}, got {optimizer!r}")
     generator = torch.Generator().manual_seed(seed)
@@ -111,6 +115,8 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, 
     order, position = torch.randperm(n, generator=generator), 0
     best, best_step, best_state, since, step = float("inf"), 0, copy.deepcopy(model.state_dict()), 0, 0
     limit = settings.lbfgs_iterations if optimizer == "lbfgs" else settings.steps
+    every = settings.lbfgs_eval_every if optimizer == "lbfgs" else settings.eval_every
+    progress.start(key, -(-limit // every), f"mlp-{optimizer} (validation checks)")
     while step < limit and since < settings.patience:
         model.train()
         if optimizer == "lbfgs":
@@ -138,6 +144,8 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, 
             best, best_step, best_state, since = value, step, copy.deepcopy(model.state_dict()), 0
         else:
             since += 1
+        progress.advance(key, 1, val_loss=value)
+    progress.finish(key)
     model.load_state_dict(best_state)
     model.eval()
     return model, {"steps_run": step, "best_step": best_step, "best_val_loss": best}, (shift, scale)
@@ -171,8 +179,19 @@ def check_tree_packages(methods: list[str]) -> None:
 
 
 def fit_trees(method: str, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, task: Task,
-              settings: TreeSettings, seed: int, threads: int) -> tuple[Any, dict[str, Any]]:
-    """A fitted tree ensemble (scikit-learn API: ``predict``, ``predict_proba``) and its rounds kept."""
+              settings: TreeSettings, seed: int, threads: int, progress: Progress = SILENT,
+              key: str = "trees") -> tuple[Any, dict[str, Any]]:
+    """A fitted tree ensemble (scikit-learn API: ``predict``, ``predict_proba``) and its rounds kept.
+    ``progress`` advances task ``key`` each round (LightGBM, XGBoost; HistGradientBoosting reports none)."""
+    progress.start(key, settings.rounds, f"{method} (rounds, at most)")
+    try:
+        return _fit_trees(method, x, y, x_val, y_val, task, settings, seed, threads, lambda: progress.advance(key))
+    finally:
+        progress.finish(key)
+
+
+def _fit_trees(method: str, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, task: Task,
+               settings: TreeSettings, seed: int, threads: int, tick: Callable[[], None]) -> tuple[Any, dict[str, Any]]:
     classification = task == "classification"
     if method == "lightgbm":
         lightgbm = _package(method)
@@ -180,14 +199,14 @@ def fit_trees(method: str, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_va
             n_estimators=settings.rounds, learning_rate=settings.learning_rate, num_leaves=settings.leaves,
             random_state=seed, n_jobs=threads, verbose=-1)
         model.fit(x, y, eval_X=(x_val,), eval_y=(y_val,),
-                  callbacks=[lightgbm.early_stopping(settings.patience, verbose=False)])
+                  callbacks=[lightgbm.early_stopping(settings.patience, verbose=False), lambda _: tick()])
         return model, {"rounds": int(model.best_iteration_ or settings.rounds)}
     if method == "xgboost":
         xgboost = _package(method)
         model = (xgboost.XGBClassifier if classification else xgboost.XGBRegressor)(
             n_estimators=settings.rounds, learning_rate=settings.learning_rate, max_leaves=settings.leaves,
             grow_policy="lossguide", max_depth=0, tree_method="hist", random_state=seed, n_jobs=threads,
-            early_stopping_rounds=settings.patience)
+            early_stopping_rounds=settings.patience, callbacks=[_xgboost_ticks(xgboost, tick)])
         model.fit(x, y, eval_set=[(x_val, y_val)], verbose=False)
         return model, {"rounds": int(model.best_iteration) + 1}
     if method == "hist-gb":
@@ -199,3 +218,14 @@ def fit_trees(method: str, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_va
         model.fit(x, y, X_val=x_val, y_val=y_val)
         return model, {"rounds": int(model.n_iter_)}
     raise ValueError(f"unknown tree method {method!r}; known: {', '.join(TREES)}")
+
+
+def _xgboost_ticks(xgboost: Any, tick: Callable[[], None]) -> Any:
+    """An XGBoost training callback that calls ``tick()`` after each round."""
+
+    class Ticks(xgboost.callback.TrainingCallback):
+        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+            tick()
+            return False
+
+    return Ticks()

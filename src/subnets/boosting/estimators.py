@@ -100,7 +100,9 @@ class BoostedNet(nn.Module):
 
 
 class _BoostedMLP(BaseEstimator):
-    """The boosting loop shared by the regressor and the classifier."""
+    """The boosting loop shared by the regressor and the classifier. ``stage_callback(stage, train_loss,
+    validation_loss)``, if given, is called after each stage (``validation_loss`` is None without a validation
+    set), e.g. to draw a progress bar."""
 
     def __init__(self, n_stages: int = 20, units_per_stage: int = 8, learning_rate: float = 0.5,
                  stage_optimizer: Literal["adam", "lbfgs"] = "adam", stage_steps: int = 200,
@@ -109,7 +111,8 @@ class _BoostedMLP(BaseEstimator):
                  line_search: bool = True, max_step: float = 10.0, validation_fraction: float | None = None,
                  n_iter_no_change: int | None = None, random_state: int | None = None,
                  feature_extractor: nn.Module | None = None, train_extractor: bool = False,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", stage_callback: Callable[[int, float, float | None], None] | None = None
+                 ) -> None:
         self.n_stages = n_stages
         self.units_per_stage = units_per_stage
         self.learning_rate = learning_rate
@@ -127,6 +130,7 @@ class _BoostedMLP(BaseEstimator):
         self.feature_extractor = feature_extractor
         self.train_extractor = train_extractor
         self.device = device
+        self.stage_callback = stage_callback
 
     @property
     def module(self) -> BoostedNet:
@@ -238,8 +242,11 @@ class _BoostedMLP(BaseEstimator):
                     best, since_best = len(self.validation_loss_) - 1, 0
                 else:
                     since_best += 1
-                if self.n_iter_no_change is not None and since_best >= self.n_iter_no_change:
-                    break
+            if self.stage_callback is not None:
+                self.stage_callback(len(self.train_loss_) - 1, self.train_loss_[-1],
+                                    self.validation_loss_[-1] if n_val else None)
+            if n_val and self.n_iter_no_change is not None and since_best >= self.n_iter_no_change:
+                break
         if n_val and self.n_iter_no_change is not None:
             self.module_.truncate(best)
         self.n_stages_ = self.module_.stages

@@ -172,10 +172,16 @@ class BoostingTabularExperiment:
     def _boosted(self, table: Table, rows: Fold, data: tuple[np.ndarray, ...],
                  seed: int) -> tuple[dict[str, Any], dict[str, Tensors]]:
         settings = self.config.boosted
+        key = f"{table.name}/{BOOSTED}"
         estimator = (BoostedMLPClassifier if table.task == "classification" else BoostedMLPRegressor)(
-            **settings.model_dump(), validation_fraction=None, random_state=seed, device=str(self.device))
+            **settings.model_dump(), validation_fraction=None, random_state=seed, device=str(self.device),
+            stage_callback=lambda stage, train, val: self.progress.advance(key, 1, val_loss=val))
+        self.progress.start(key, settings.n_stages, "boosted (stages, at most)")
         start = time.perf_counter()
-        estimator.fit(data[0], data[1], eval_set=(data[2], data[3]))
+        try:
+            estimator.fit(data[0], data[1], eval_set=(data[2], data[3]))
+        finally:
+            self.progress.finish(key)
         seconds = time.perf_counter() - start
         x_test, y_test = table.x[rows.test], table.y[rows.test]
         start = time.perf_counter()
@@ -196,7 +202,8 @@ class BoostingTabularExperiment:
         width = boosted.n_stages * boosted.units_per_stage
         start = time.perf_counter()
         model, facts, (shift, scale) = fit_mlp(*data, table.task, table.classes, optimizer,  # type: ignore[arg-type]
-                                               MLPSettings(width=width, **settings.model_dump()), seed, self.device)
+                                               MLPSettings(width=width, **settings.model_dump()), seed, self.device,
+                                               self.progress, f"{table.name}/mlp-{optimizer}")
         seconds = time.perf_counter() - start
         x_test = torch.tensor(table.x[rows.test], dtype=torch.float32, device=self.device)
         y_test = table.y[rows.test]
@@ -226,7 +233,7 @@ class BoostingTabularExperiment:
         with threadpool_limits(threads):
             start = time.perf_counter()
             model, facts = fit_trees(method, *data, table.task, TreeSettings(**self.config.trees.model_dump()), seed,
-                                     threads)
+                                     threads, self.progress, f"{table.name}/{method}")
             seconds = time.perf_counter() - start
             start = time.perf_counter()
             predicted = np.asarray(model.predict(table.x[rows.test]))
