@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from click.testing import CliRunner
 
 from subnets.cli import cli
@@ -13,3 +15,11 @@ def invoke(*args: str) -> tuple[int, str, str]:
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.stdout, result.stderr
+
+
+def run_recipe(recipe: Path, store: Path, overrides: list[str], *options: str) -> tuple[int, str, str]:
+    """``subnets run RECIPE --store STORE --quiet --device cpu [OPTIONS] --set ...`` in-process."""
+    args = ["run", str(recipe), "--store", str(store), "--quiet", "--device", "cpu", *options]
+    for override in overrides:
+        args += ["--set", override]
+    return invoke(*args)

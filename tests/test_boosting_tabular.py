@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_invoke import invoke
+from cli_invoke import invoke, run_recipe
 
 from subnets.boosting import BoostedMLPClassifier
 from subnets.boosting import experiments as boosting_experiments
@@ -25,11 +25,7 @@ TINY = ['tables=["breast_cancer","diabetes"]', "folds=2", "boosted.n_stages=3", 
 
 
 def _run(store: Path, overrides: list[str]) -> tuple[int, str, str]:
-    args = ["run", str(ROOT / "recipes" / "boosting-tabular.toml"), "--store", str(store), "--quiet",
-            "--device", "cpu", "--threads", "1"]
-    for override in overrides:
-        args += ["--set", override]
-    return invoke(*args)
+    return run_recipe(ROOT / "recipes" / "boosting-tabular.toml", store, overrides, "--threads", "1")
 
 
 @pytest.mark.parametrize("name", ["breast_cancer", "diabetes"])

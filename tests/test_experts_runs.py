@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_invoke import invoke
+from cli_invoke import invoke, run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,10 +19,7 @@ MOEFY_TINY = ["seeds=[0]", "train.length=150it", "train.eval_every=150it", 'moef
 
 
 def _run(recipe: str, store: Path, overrides: list[str]) -> tuple[int, str, str]:
-    args = ["run", str(ROOT / "recipes" / recipe), "--store", str(store), "--quiet", "--device", "cpu"]
-    for override in overrides:
-        args += ["--set", override]
-    return invoke(*args)
+    return run_recipe(ROOT / "recipes" / recipe, store, overrides)
 
 
 def test_moe_run_records_diagnostics_every_step_and_resumes(tmp_path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_invoke import invoke
+from cli_invoke import invoke, run_recipe
 
 from subnets.data.sentences import load_paraphrase_records
 from subnets.pooling import embeddings
@@ -45,10 +45,7 @@ def one_thread():
 
 
 def _run(store: Path, overrides: list[str]) -> tuple[int, str, str]:
-    args = ["run", str(RECIPE), "--store", str(store), "--quiet", "--device", "cpu"]
-    for override in overrides:
-        args += ["--set", override]
-    return invoke(*args)
+    return run_recipe(RECIPE, store, overrides)
 
 
 def test_readout_names() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_invoke import invoke
+from cli_invoke import invoke, run_recipe
 from scipy import stats
 
 from subnets.pooling.statistics import holm, paired_comparison
@@ -19,10 +19,7 @@ TINY = ["seeds=[0,1,2]", 'pools=["max","gem","stochastic"]', "train.length=40it"
 
 
 def _run(store: Path, overrides: list[str], recipe: str = "pooling-mnist1d.toml") -> tuple[int, str, str]:
-    args = ["run", str(ROOT / "recipes" / recipe), "--store", str(store), "--quiet", "--device", "cpu"]
-    for override in overrides:
-        args += ["--set", override]
-    return invoke(*args)
+    return run_recipe(ROOT / "recipes" / recipe, store, overrides)
 
 
 def _units(store: Path, run_id: str) -> dict[str, dict]:

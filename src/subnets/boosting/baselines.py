@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from subnets.boosting.estimators import mean_and_scale
 from subnets.boosting.tabular import Task
 from subnets.progress import SILENT, Progress
 
@@ -71,11 +72,6 @@ class MLPSettings:
     patience: int = 10
 
 
-def _standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, std = x.mean(0), x.std(0, unbiased=False)
-    return mean, torch.where(std > 0, std, torch.ones_like(std))
-
-
 def _loss(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out, y) if task == "classification" else F.mse_loss(out, y)
 
@@ -101,7 +97,7 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, 
         val_target = torch.tensor((y_val - shift) / scale, dtype=torch.float32, device=device)[:, None]
     with torch.random.fork_rng(devices=[]):  # the initial weights come from the seed, torch's state is kept
         torch.manual_seed(seed)
-        model = HiddenLayerMLP(*_standardiser(inputs.cpu()), settings.width,
+        model = HiddenLayerMLP(*mean_and_scale(inputs.cpu()), settings.width,
                                classes if task == "classification" else 1).to(device)
     if optimizer == "lbfgs":
         chosen: torch.optim.Optimizer = torch.optim.LBFGS(model.parameters(), lr=1.0,

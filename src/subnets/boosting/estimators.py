@@ -30,6 +30,12 @@ from subnets.boosting.losses import BinaryLogLoss, MultinomialDeviance, SquaredE
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
 
+def mean_and_scale(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column means and population stds of ``x`` ``(n, d)``; a constant column's scale is 1 (left unscaled)."""
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    return mean, torch.where(std > 0, std, torch.ones_like(std))
+
+
 def _extract(extractor: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
     """The features the stages see: ``extractor(x)`` in evaluation mode without gradients (``x`` without one)."""
     if extractor is None:
@@ -139,13 +145,12 @@ class _BoostedMLP(BaseEstimator):
         return self.module_
 
     def _check_params(self) -> None:
-        for name in ("n_stages", "units_per_stage", "stage_steps"):
-            value = getattr(self, name)
+        for name in ("n_stages", "units_per_stage", "stage_steps", "batch_size"):
+            value, optional = getattr(self, name), name == "batch_size"
+            if value is None and optional:
+                continue
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int | np.integer)
-                                            or isinstance(self.batch_size, bool) or self.batch_size < 1):
-            raise ValueError(f"batch_size must be an int >= 1 or None, got {self.batch_size!r}")
+                raise ValueError(f"{name} must be an int >= 1{' or None' if optional else ''}, got {value!r}")
         if self.batch_size is not None and self.stage_optimizer == "lbfgs":
             raise ValueError("batch_size needs stage_optimizer='adam' (L-BFGS fits each stage on the full batch)")
         if not self.max_step > 0:
@@ -197,8 +202,7 @@ class _BoostedMLP(BaseEstimator):
         extractor = None if self.feature_extractor is None else copy.deepcopy(self.feature_extractor).to(x.device)
         features = _extract(extractor, x)
         y_train = y[train]
-        mean, std = features[train].mean(0), features[train].std(0, unbiased=False)
-        std = torch.where(std > 0, std, torch.ones_like(std))
+        mean, std = mean_and_scale(features[train])
         init = loss.init(y_train)
         self.module_ = BoostedNet(mean, std, shift + scale * init, self.units_per_stage, self.activation, extractor)
         f_train = init.expand(len(train), -1).clone()
@@ -355,8 +359,7 @@ class BoostedMLPRegressor(RegressorMixin, _BoostedMLP):
         x, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
         targets = _as_float_targets(y)
         self._single_output = np.ndim(y) == 1
-        shift, scale = targets.mean(0), targets.std(0, unbiased=False)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        shift, scale = mean_and_scale(targets)
         held_out = None
         if eval_set is not None:
             x_val, y_val = self._check_eval_set(eval_set, multi_output=True, y_numeric=True)

@@ -126,10 +126,10 @@ def _score(table: Table, truth: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def _metrics(table: Table, truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    score = _score(table, truth, predicted)
     if table.task == "classification":
-        return {"score": _score(table, truth, predicted), "accuracy": _score(table, truth, predicted)}
-    return {"score": _score(table, truth, predicted), "r2": _score(table, truth, predicted),
-            "rmse": float(np.sqrt(((predicted - truth) ** 2).mean()))}
+        return {"score": score, "accuracy": score}
+    return {"score": score, "r2": score, "rmse": float(np.sqrt(((predicted - truth) ** 2).mean()))}
 
 
 class BoostingTabularExperiment:

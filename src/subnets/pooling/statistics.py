@@ -39,6 +39,19 @@ def paired_comparison(method: Mapping[int, float], baseline: Mapping[int, float]
     return result
 
 
+def against_reference(groups: Mapping[str, Sequence[Mapping[str, Any]]], reference: str, key: str,
+                      pair: str = "seed") -> dict[str, dict[str, Any]]:
+    """The :func:`paired_comparison` of ``key`` between each group of results and the ``reference`` group, paired
+    by the results' ``pair`` field (a seed, a fold), with the t-test's p-value Holm-adjusted over the groups
+    (``p_t_holm``)."""
+    baseline = {r[pair]: r[key] for r in groups.get(reference, [])}
+    found = {name: paired_comparison({r[pair]: r[key] for r in group}, baseline)
+             for name, group in groups.items() if name != reference}
+    for name, adjusted in zip(found, holm([r["p_t"] for r in found.values()]), strict=True):
+        found[name]["p_t_holm"] = adjusted
+    return found
+
+
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     """Holm-Bonferroni adjusted p-values (None stays None and is not counted)."""
     present = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)

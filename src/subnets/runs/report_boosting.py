@@ -18,7 +18,7 @@ from matplotlib.ticker import NullFormatter
 
 from subnets.boosting import tabular
 from subnets.boosting.experiments import BOOSTED, METHODS, MLPS
-from subnets.pooling.statistics import holm, paired_comparison
+from subnets.pooling.statistics import against_reference
 from subnets.runs import report as base
 from subnets.runs.pages import group_by, html_table, mean_std, p_value, page
 
@@ -36,16 +36,6 @@ def _tables(units: Units) -> dict[str, dict[str, Units]]:
     return found
 
 
-def _comparisons(methods: dict[str, Units], key: str) -> dict[str, dict[str, Any]]:
-    """Each method's paired comparison of ``key`` with the boosted MLP over shared folds, Holm-adjusted."""
-    reference = {u["fold"]: u[key] for u in methods.get(BOOSTED, [])}
-    found = {m: paired_comparison({u["fold"]: u[key] for u in group}, reference)
-             for m, group in methods.items() if m != BOOSTED}
-    for method, adjusted in zip(found, holm([r["p_t"] for r in found.values()]), strict=True):
-        found[method]["p_t_holm"] = adjusted
-    return found
-
-
 def _size(group: Units) -> str:
     if "hidden_units" in group[0]:
         return f"{statistics.fmean(u['hidden_units'] for u in group):.0f} units"
@@ -58,7 +48,7 @@ def boosting_rows(units: Units) -> list[dict[str, str]]:
     for table, methods in _tables(units).items():
         classification = next(iter(methods.values()))[0]["task"] == "classification"
         key, scale, digits = ("accuracy", 100, 2) if classification else ("rmse", 1, 3)
-        tests = _comparisons(methods, key)
+        tests = against_reference(methods, BOOSTED, key, pair="fold")
         for method, group in methods.items():
             test = tests.get(method)
             ci = test["ci95"] if test else None

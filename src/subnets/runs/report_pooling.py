@@ -14,7 +14,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from subnets.pooling.factory import pool_names
-from subnets.pooling.statistics import holm, paired_comparison
+from subnets.pooling.statistics import against_reference
 from subnets.runs import report as base
 from subnets.runs.pages import group_by, markdown_table, mean_curve, mean_std, p_value, page
 
@@ -47,14 +47,7 @@ def _learned(group: Units) -> str:
 
 def comparisons(units: Units, key: str = "test_acc") -> dict[str, dict[str, Any]]:
     """Each pool's paired comparison with the baseline on ``key`` over shared seeds, Holm-adjusted."""
-    groups = _pools(units)
-    baseline = _baseline(units)
-    reference = {u["seed"]: u[key] for u in groups.get(baseline, [])}
-    found = {pool: paired_comparison({u["seed"]: u[key] for u in group}, reference)
-             for pool, group in groups.items() if pool != baseline}
-    for pool, adjusted in zip(found, holm([r["p_t"] for r in found.values()]), strict=True):
-        found[pool]["p_t_holm"] = adjusted
-    return found
+    return against_reference(_pools(units), _baseline(units), key)
 
 
 def pooling_rows(units: Units) -> list[dict[str, str]]:
