@@ -36,6 +36,11 @@ def _tables(units: Units) -> dict[str, dict[str, Units]]:
     return found
 
 
+def _classification(methods: dict[str, Units]) -> bool:
+    """Whether a table's units (by method) are a classification task."""
+    return next(iter(methods.values()))[0]["task"] == "classification"
+
+
 def _size(group: Units) -> str:
     if "hidden_units" in group[0]:
         return f"{statistics.fmean(u['hidden_units'] for u in group):.0f} units"
@@ -46,7 +51,7 @@ def boosting_rows(units: Units) -> list[dict[str, str]]:
     """One row per table and method: score, Δ to the boosted MLP with interval and p-values, fit time, size."""
     rows = []
     for table, methods in _tables(units).items():
-        classification = next(iter(methods.values()))[0]["task"] == "classification"
+        classification = _classification(methods)
         key, scale, digits = ("accuracy", 100, 2) if classification else ("rmse", 1, 3)
         tests = against_reference(methods, BOOSTED, key, pair="fold")
         for method, group in methods.items():
@@ -107,7 +112,7 @@ def truncation_rows(recipe: dict[str, Any], units: Units, fractions: tuple[float
     width = recipe["boosted"]["n_stages"] * step
     rows = []
     for table, methods in _tables(units).items():
-        classification = next(iter(methods.values()))[0]["task"] == "classification"
+        classification = _classification(methods)
         for label, xs, ys, _, _ in _truncation_lines(methods, width, step):
             picked = [ys[max(i for i, x in enumerate(xs) if x <= f + 1e-9)] for f in (*fractions, 1.0)]
             text = [f"{100 * y:.2f}" if classification else f"{y:.3f}" for y in picked]
@@ -136,7 +141,7 @@ def _plot_truncation(recipe: dict[str, Any], units: Units, path: Path) -> bool:
         return False
     fig, axes = _grid(len(tables))
     for ax, (table, methods) in zip(axes, tables.items(), strict=False):
-        classification = next(iter(methods.values()))[0]["task"] == "classification"
+        classification = _classification(methods)
         for label, xs, ys, color, style in _truncation_lines(methods, width, step):
             ax.plot(xs, [100 * y if classification else y for y in ys], style, color=color, label=label, linewidth=1.4)
         values = [100 * u["score"] if classification else u["score"] for g in methods.values() for u in g]
@@ -161,7 +166,7 @@ def _plot_score_time(units: Units, path: Path) -> bool:
         return False
     fig, axes = _grid(len(tables))
     for ax, (table, methods) in zip(axes, tables.items(), strict=False):
-        classification = next(iter(methods.values()))[0]["task"] == "classification"
+        classification = _classification(methods)
         for method, group in methods.items():
             scores = [100 * u["score"] if classification else u["score"] for u in group]
             seconds = [u["fit_seconds"] for u in group]
