@@ -7,12 +7,14 @@ the active parameters, in cache-sized chunks) at E=64, k=4, h=128, d=512, 4,096 
 - ``products, one expert at a time``: each expert's two SwiGLU products on its rows, experts one after
   another, every product split across torch's threads (how the Hugging Face eager loop runs them);
 - ``products, experts in workers``: the same products, experts spread over worker threads with one torch
-  thread each (how ``subnets.experts`` runs them);
+  thread each (how ``subnets.experts``' Python loop runs them; its compiled CPU kernel runs them the same
+  way on OpenMP threads);
 - ``products, padded bmm``: all experts in one batched product each, every expert padded to the largest
   count (a grouped GEMM without a grouped kernel);
 - ``ideal products``: the dense FFN's products in chunks of 1,024 tokens (the same arithmetic, weights in
   cache);
-- ``MoE forward``: the whole layer (routing, gathers, products, combine), for reference.
+- ``MoE forward``: the whole layer (routing, gathers, products, combine) through the compiled CPU kernel,
+  and ``MoE forward, Python loop`` through the Python loop (``SUBNETS_EXPERTS_KERNEL=python``).
 
 The products read already-gathered rows, so the gap between the first three and the ideal is what the
 expert weights cost (50 MB read once per call against the ideal's 3 MB reused from cache) and how the
@@ -24,6 +26,7 @@ products scale across threads. Prints a table, writes ``benchmarks/results/moe_p
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from collections.abc import Callable
 
@@ -33,7 +36,7 @@ from common import parse_args, write_result
 from rich.console import Console
 from rich.table import Table
 
-from subnets.experts import MoE
+from subnets.experts import MoE, cpu_kernel
 from subnets.experts.layer import _WORKERS
 
 DIM, TOKENS, EXPERTS, K, HIDDEN, IDEAL_CHUNK = 512, 4096, 64, 4, 128, 1024
@@ -96,9 +99,20 @@ def variants() -> tuple[dict[str, Callable[[], object]], float]:
         with torch.no_grad():
             moe(tokens)
 
+    def layer_python_loop() -> None:
+        previous = os.environ.get(cpu_kernel.SWITCH)
+        os.environ[cpu_kernel.SWITCH] = "python"
+        try:
+            layer()
+        finally:
+            os.environ.pop(cpu_kernel.SWITCH)
+            if previous is not None:
+                os.environ[cpu_kernel.SWITCH] = previous
+
     flops = 2.0 * TOKENS * K * (DIM * 2 * HIDDEN + HIDDEN * DIM)
     return {"products, one expert at a time": one_at_a_time, "products, experts in workers": in_workers,
-            "products, padded bmm": padded_bmm, "ideal products": ideal, "MoE forward": layer}, flops
+            "products, padded bmm": padded_bmm, "ideal products": ideal, "MoE forward": layer,
+            "MoE forward, Python loop": layer_python_loop}, flops
 
 
 def main() -> None:

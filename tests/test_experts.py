@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from subnets.experts import MoE, Router
+from subnets.experts import MoE, Router, cpu_kernel
 from subnets.experts.layer import _Plan, _Workers
 
 
@@ -43,8 +43,17 @@ CONFIGS = [
 ]
 
 
+@pytest.fixture(params=["compiled", "python"])
+def experts_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test through the compiled CPU kernel and again through the Python loop."""
+    monkeypatch.setenv(cpu_kernel.SWITCH, request.param)
+    if request.param == "compiled":
+        assert cpu_kernel.kernel() is not None, "the CPU experts kernel did not build (see the warning)"
+    return request.param
+
+
 @pytest.mark.parametrize("options", CONFIGS)
-def test_outputs_and_gradients_equal_a_per_token_reference(options: dict) -> None:
+def test_outputs_and_gradients_equal_a_per_token_reference(options: dict, experts_path: str) -> None:
     torch.manual_seed(0)
     moe = MoE(12, 20, **options)
     x = torch.randn(3, 7, 12, requires_grad=True)
@@ -74,10 +83,10 @@ def _output_and_gradients(moe: MoE, x: torch.Tensor, probe: torch.Tensor, thread
 
 
 @pytest.mark.parametrize("options", [CONFIGS[0], CONFIGS[2], CONFIGS[6]])
-def test_experts_run_concurrently_on_several_threads_with_the_same_result(options: dict) -> None:
-    """With 3 threads, experts run in 3 workers, each taking the next expert when it is free; the outputs
-    and gradients equal one thread's up to float rounding, are the same bits call after call (whichever
-    worker ran which expert), and the caller keeps its thread count."""
+def test_experts_run_concurrently_on_several_threads_with_the_same_result(options: dict, experts_path: str) -> None:
+    """With 3 threads, experts run in 3 workers (or OpenMP threads), each taking the next expert when it is
+    free; the outputs and gradients equal one thread's up to float rounding, are the same bits call after
+    call (whichever worker ran which expert), and the caller keeps its thread count."""
     torch.manual_seed(7)
     moe = MoE(12, 20, **options)
     x, probe = torch.randn(40, 12), torch.randn(40, 12)
@@ -90,10 +99,10 @@ def test_experts_run_concurrently_on_several_threads_with_the_same_result(option
 
 
 @pytest.mark.parametrize("kind", ["mlp", "swiglu"])
-def test_experts_give_the_same_bits_alone_and_in_workers(kind: str) -> None:
+def test_experts_give_the_same_bits_alone_and_in_workers(kind: str, experts_path: str) -> None:
     """Each token sums its pairs in pair order whether one worker adds as it goes or several workers fill a
-    workspace that one ``index_add_`` sums, so the experts' outputs and gradients do not depend on the
-    number of threads at all (the router's own products may)."""
+    workspace that one ``index_add_`` (or the kernel's per-token combine) sums, so the experts' outputs and
+    gradients do not depend on the number of threads at all (the router's own products may)."""
     torch.manual_seed(8)
     experts = MoE(12, 20, num_experts=6, k=2, kind=kind).experts
     index = torch.randint(0, 50, (100,))
@@ -152,7 +161,7 @@ def test_experts_compute_their_formulas() -> None:
     torch.testing.assert_close(s.expert(1, x), (torch.nn.functional.silu(gate) * up) @ s.w_out[1])
 
 
-def test_every_expert_gets_its_tokens_and_weights_sum_to_one() -> None:
+def test_every_expert_gets_its_tokens_and_weights_sum_to_one(experts_path: str) -> None:
     torch.manual_seed(1)
     moe = MoE(8, 16, num_experts=5, k=2)
     moe(torch.randn(64, 8))
@@ -165,7 +174,7 @@ def test_every_expert_gets_its_tokens_and_weights_sum_to_one() -> None:
     assert torch.equal(routing.experts, top.indices)  # without a bias, the k best scores are chosen
 
 
-def test_capacity_drops_exactly_the_late_tokens() -> None:
+def test_capacity_drops_exactly_the_late_tokens(experts_path: str) -> None:
     """All 10 tokens pick expert 0; capacity ceil(0.6 * 10 * 1 / 3) = 2 keeps tokens 0 and 1 only."""
     torch.manual_seed(5)
     moe = MoE(4, 8, num_experts=3, k=1, capacity_factor=0.6, normalize=False)
@@ -179,7 +188,7 @@ def test_capacity_drops_exactly_the_late_tokens() -> None:
     torch.testing.assert_close(out[:2], weights * moe.experts.expert(0, x[:2]))
 
 
-def test_tokens_routed_to_a_null_expert_cost_nothing_and_add_nothing() -> None:
+def test_tokens_routed_to_a_null_expert_cost_nothing_and_add_nothing(experts_path: str) -> None:
     torch.manual_seed(6)
     moe = MoE(4, 8, num_experts=2, k=1, null=1, normalize=False)
     moe.router.selection_bias[2] = 100.0  # the null expert
@@ -190,7 +199,7 @@ def test_tokens_routed_to_a_null_expert_cost_nothing_and_add_nothing() -> None:
     assert not moe.last_routing.kept.any() and moe.last_routing.load().tolist() == [0, 0, 6]
 
 
-def test_selection_bias_changes_the_choice_not_the_weights() -> None:
+def test_selection_bias_changes_the_choice_not_the_weights(experts_path: str) -> None:
     torch.manual_seed(2)
     router = Router(8, num_experts=4, k=2)
     tokens = torch.randn(32, 8)

@@ -8,6 +8,10 @@ whose output is zero: a token routed to one spends less compute. With a ``capaci
 takes at most ``ceil(capacity_factor * T * k / E)`` tokens per batch, first come first served in token
 order (Switch Transformer); the pairs beyond it are dropped and contribute nothing. Expert weights are
 stacked, ``(E, ...)``, so fine-grained configurations (many small experts) are one parameter per matrix.
+
+On a CPU with float32 tensors the gather, experts and combine, the top-k selection and the dispatch run in
+a compiled kernel (:mod:`subnets.experts.cpu_kernel`) that gives the same bits as the Python loop here;
+the loop runs on other devices and where the kernel cannot be built.
 """
 
 from __future__ import annotations
@@ -18,13 +22,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
+from types import ModuleType
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from subnets.experts import cpu_kernel
 from subnets.experts.routing import Router, Routing
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
@@ -41,11 +48,22 @@ class _Plan:
     kind: str
     activation: Callable[[torch.Tensor], torch.Tensor]
     save: bool
+    compiled: ModuleType | None = None
 
     def __post_init__(self) -> None:
         self.starts = [0] * len(self.counts)
         for expert in range(1, len(self.counts)):
             self.starts[expert] = self.starts[expert - 1] + self.counts[expert - 1]
+
+    @property
+    def bounds(self) -> list[int]:
+        """Each expert's first pair, then the number of pairs: expert e owns pairs ``bounds[e] .. bounds[e+1]-1``."""
+        return [*self.starts, len(self.index)]
+
+    @property
+    def kind_id(self) -> int:
+        """The expert kind as the compiled kernel numbers it: 0 GELU MLP, 1 ReLU MLP, 2 SwiGLU."""
+        return 2 if self.kind == "swiglu" else 0 if self.activation is F.gelu else 1
 
     def chunks(self, expert: int) -> Iterator[tuple[int, int, bool]]:
         """``(start, stop, first)`` for each run of ``expert``'s pairs (``first``: its first run)."""
@@ -157,10 +175,11 @@ _WORKSPACE = _Workspace()
 
 
 class _Buffers:
-    """Chunk-sized scratch tensors, allocated once per call and reused by every run (so they stay in cache)."""
+    """Chunk-sized scratch tensors reused by every run of a call (so they stay in cache), taken from the
+    calling thread's :data:`_WORKSPACE` (so a call does not page-fault fresh ones in)."""
 
     def __init__(self, like: torch.Tensor, rows: int, **widths: int) -> None:
-        self.buffers = {name: like.new_empty(rows, width) for name, width in widths.items()}
+        self.buffers = {name: _WORKSPACE(f"run {name}", like, rows, width) for name, width in widths.items()}
 
     def __call__(self, name: str, rows: int) -> torch.Tensor:
         return self.buffers[name][:rows]
@@ -184,17 +203,19 @@ class _ExpertsFunction(torch.autograd.Function):
 
     Pair ``p`` (sorted by expert) reads row ``index[p]`` of ``tokens``, runs through its expert and adds its
     output times ``weights[p]`` into row ``index[p]`` of the result. Each expert runs on its pairs in equal
-    runs of at most ``CHUNK``, intermediates written into scratch buffers reused from run to run. One worker
-    adds each run's outputs into their tokens' rows at once; several workers write each pair's output to
-    its own row of a pair-sized workspace, and one ``index_add_`` at the end adds them into their tokens'
-    rows. Either way a token's row sums its pairs in pair order, so results do not depend on the number of
-    workers or on which worker ran which expert. The pre-activations are saved for backward.
+    runs of at most ``CHUNK``, intermediates written into scratch buffers reused from run to run, each
+    pair's output into its own row of a pair-sized workspace (always there: where a product writes can
+    change its last bits). One worker adds each run's outputs into their tokens' rows at once; with several,
+    one ``index_add_`` at the end adds them all. Either way a token's row sums its pairs in pair order, so
+    results do not depend on the number of workers or on which worker ran which expert. The pre-activations
+    are saved for backward.
 
     The backward pass mirrors it run by run: weight gradients are written in place into one ``(E, ...)``
     tensor (autograd through ``w_in[i]`` would allocate and add a full-size gradient per expert), the
     routing-weight gradient is the dot product of the incoming gradient with the unweighted output, taken at
     the hidden width, and the token gradient is combined like the output. On a CPU with several threads
-    experts run concurrently (:class:`_Workers`).
+    experts run concurrently (:class:`_Workers`). With ``plan.compiled`` the CPU kernel runs the same
+    operators on the same runs instead (``csrc/experts_cpu.cpp``), one expert per OpenMP thread.
     """
 
     @staticmethod
@@ -203,9 +224,16 @@ class _ExpertsFunction(torch.autograd.Function):
         width, hidden_width, out_width = w_in.shape[-1], w_out.shape[-2], w_out.shape[-1]
         pairs, experts = len(plan.index), plan.busiest_first
         saved = tokens.new_empty(pairs, width) if plan.save else None
+        if plan.save:  # saved is filled in below, but it holds no version yet that backward could check
+            ctx.plan = plan
+            ctx.save_for_backward(tokens, weights, w_in, w_out, b_in, b_out, saved)
+        if plan.compiled is not None:
+            return plan.compiled.experts_forward(
+                tokens, weights, w_in, w_out, b_in, b_out, plan.index, plan.bounds, experts, plan.kind_id, CHUNK,
+                saved, _WORKSPACE("pairs", tokens, pairs, out_width))
         result = tokens.new_zeros(len(tokens), out_width)
         direct = _WORKERS.count(experts, tokens.device) == 1  # one worker adds each run's outputs at once
-        outputs = None if direct else _WORKSPACE("pairs", tokens, pairs, out_width)
+        outputs = _WORKSPACE("pairs", tokens, pairs, out_width)
         scale_activated = weights is not None and b_out is None and hidden_width < out_width
 
         def work(expert: int, buffer: _Buffers) -> None:
@@ -219,7 +247,7 @@ class _ExpertsFunction(torch.autograd.Function):
                 _activate(plan, hidden, activated)
                 if scale_activated:  # (w a) W = w (a W), on the narrower side
                     activated *= weights[start:stop, None]
-                output = torch.mm(activated, w_out[expert], out=buffer("output", n) if direct else outputs[start:stop])
+                output = torch.mm(activated, w_out[expert], out=outputs[start:stop])
                 if b_out is not None:
                     output += b_out[expert]
                 if weights is not None and not scale_activated:
@@ -229,11 +257,7 @@ class _ExpertsFunction(torch.autograd.Function):
 
         largest = plan.largest
         _WORKERS.run(work, experts, tokens.device, lambda: _Buffers(
-            tokens, largest, x=tokens.shape[-1], hidden=0 if plan.save else width, activated=hidden_width,
-            output=out_width if direct else 0))
-        if plan.save:
-            ctx.plan = plan
-            ctx.save_for_backward(tokens, weights, w_in, w_out, b_in, b_out, saved)
+            tokens, largest, x=tokens.shape[-1], hidden=0 if plan.save else width, activated=hidden_width))
         return result if direct else result.index_add_(0, plan.index, outputs)
 
     @staticmethod
@@ -244,9 +268,15 @@ class _ExpertsFunction(torch.autograd.Function):
         need = ctx.needs_input_grad
         dim, width, hidden_width, out_width = tokens.shape[-1], w_in.shape[-1], w_out.shape[-2], w_out.shape[-1]
         experts = plan.busiest_first
+        grad_result = grad_result.contiguous()
+        grad_pairs = _WORKSPACE("pairs", tokens, len(plan.index), dim) if need[0] else None
+        if plan.compiled is not None:
+            grads = plan.compiled.experts_backward(
+                grad_result, tokens, weights, w_in, w_out, b_in, b_out, saved, plan.index, plan.bounds, experts,
+                plan.kind_id, CHUNK, need[0], need[1], grad_pairs)
+            return (*grads, None)
         direct = _WORKERS.count(experts, tokens.device) == 1
         grad_tokens = torch.zeros_like(tokens) if need[0] else None
-        grad_pairs = _WORKSPACE("pairs", tokens, len(plan.index), dim) if need[0] and not direct else None
         grad_weights = torch.empty_like(weights) if weights is not None and need[1] else None
         grad_w_in, grad_w_out = torch.empty_like(w_in), torch.empty_like(w_out)
         grad_b_in = torch.empty_like(b_in) if b_in is not None else None
@@ -256,7 +286,6 @@ class _ExpertsFunction(torch.autograd.Function):
                 for grad in (grad_w_in, grad_w_out, grad_b_in, grad_b_out):
                     if grad is not None:
                         grad[expert].zero_()
-        grad_result = grad_result.contiguous()
         scale_activated = hidden_width <= out_width  # scale the narrower factor of the w_out gradient
 
         def work(expert: int, buffer: _Buffers) -> None:
@@ -301,8 +330,7 @@ class _ExpertsFunction(torch.autograd.Function):
                 grad_in = grad_w_in[expert]
                 torch.mm(x.T, grad_hidden, out=grad_in) if first else grad_in.addmm_(x.T, grad_hidden)
                 if grad_tokens is not None:
-                    grad_x = torch.mm(grad_hidden, w_in[expert].T, out=buffer("grad_x", n) if direct else
-                                      grad_pairs[start:stop])
+                    grad_x = torch.mm(grad_hidden, w_in[expert].T, out=grad_pairs[start:stop])
                     if direct:
                         grad_tokens.index_add_(0, rows, grad_x)
 
@@ -310,10 +338,45 @@ class _ExpertsFunction(torch.autograd.Function):
         _WORKERS.run(work, experts, tokens.device, lambda: _Buffers(
             tokens, largest, grad_output=out_width, activated=hidden_width,
             silu=hidden_width if plan.kind == "swiglu" else 0, grad_activated=hidden_width, product=hidden_width,
-            grad_hidden=width, x=dim, grad_x=dim if direct else 0))
-        if grad_pairs is not None:
+            grad_hidden=width, x=dim))
+        if grad_pairs is not None and not direct:
             grad_tokens.index_add_(0, plan.index, grad_pairs)
         return grad_tokens, grad_weights, grad_w_in, grad_w_out, grad_b_in, grad_b_out, None
+
+
+def sort_by_expert(flat_experts: torch.Tensor, num_choices: int) -> torch.Tensor:
+    """The stable order of the (token, choice) pairs ``flat_experts`` (expert ids below ``num_choices``) by
+    expert: token order within each expert. On a CPU numpy's stable sort of 8- or 16-bit keys, a radix sort,
+    takes a tenth of torch's stable argsort for the tens of thousands of pairs of a batch."""
+    if flat_experts.device.type == "cpu" and num_choices <= 2 ** 15:
+        keys = flat_experts.numpy().astype(np.uint8 if num_choices <= 2 ** 8 else np.int16)
+        return torch.from_numpy(np.argsort(keys, kind="stable"))
+    return torch.argsort(flat_experts, stable=True)
+
+
+def dispatch(experts: torch.Tensor, num_experts: int, num_choices: int,
+             capacity: int | None = None) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+    """Where the ``(T, k)`` choices ``experts`` go: the kept (token, choice) pairs as flat ids ``t * k + j``,
+    sorted by expert and in token order within each expert; the pairs of each of the ``num_experts`` experts;
+    and the ``(T, k)`` mask of kept choices. Choices ``num_experts .. num_choices - 1`` are null experts,
+    never kept; with a ``capacity`` each expert keeps its first ``capacity`` pairs in token order (Switch)."""
+    compiled = cpu_kernel.kernel() if experts.device.type == "cpu" else None
+    if compiled is not None:
+        order, counts, kept = compiled.dispatch(experts, num_experts, -1 if capacity is None else capacity)
+        return order, counts, kept
+    flat_experts = experts.reshape(-1)
+    order = sort_by_expert(flat_experts, num_choices)
+    by_expert = flat_experts[order]
+    keep = by_expert < num_experts
+    if capacity is not None:
+        chosen = torch.bincount(flat_experts, minlength=num_choices)
+        starts = torch.cumsum(chosen, 0) - chosen
+        keep &= torch.arange(len(order), device=order.device) - starts[by_expert] < capacity
+    order = order[keep]
+    kept = torch.zeros_like(flat_experts, dtype=torch.bool)
+    kept[order] = True
+    counts = torch.bincount(by_expert[keep], minlength=num_experts).tolist()
+    return order, counts, kept.view(experts.shape)
 
 
 class Experts(nn.Module):
@@ -359,9 +422,14 @@ class Experts(nn.Module):
             if sum(counts) != len(tokens):
                 raise ValueError(f"counts add up to {sum(counts)}, but there are {len(tokens)} tokens")
             index = torch.arange(len(tokens), device=tokens.device)
+        index = index.long()
         params = (self.w_in, self.w_out, self.b_in, self.b_out)
         save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (tokens, weights, *params))
-        plan = _Plan(index, counts, self.kind, self.activation, save)
+        compiled = None
+        if tokens.device.type == "cpu" and all(t is None or t.dtype == torch.float32
+                                               for t in (tokens, weights, *params)):
+            compiled = cpu_kernel.kernel()
+        plan = _Plan(index, counts, self.kind, self.activation, save, compiled)
         return _ExpertsFunction.apply(tokens, weights, *params, plan)
 
 
@@ -401,21 +469,9 @@ class MoE(nn.Module):
         tokens = x.reshape(-1, x.shape[-1])
         routing = self.router(tokens)
         num_tokens, k = routing.experts.shape
-        flat_experts = routing.experts.reshape(-1)
-        order = torch.argsort(flat_experts, stable=True)  # stable: token order within each expert
-        by_expert = flat_experts[order]
-        keep = by_expert < self.num_experts
-        capacity = self.capacity(num_tokens)
-        if capacity is not None:
-            chosen = torch.bincount(flat_experts, minlength=self.router.num_experts)
-            starts = torch.cumsum(chosen, 0) - chosen
-            keep &= torch.arange(len(order), device=order.device) - starts[by_expert] < capacity
-        order = order[keep]
-        kept = torch.zeros_like(flat_experts, dtype=torch.bool)
-        kept[order] = True
-        routing.kept = kept.view(num_tokens, k)
+        order, counts, routing.kept = dispatch(routing.experts, self.num_experts, self.router.num_experts,
+                                               self.capacity(num_tokens))
         self.last_routing = routing
-        counts = torch.bincount(by_expert[keep], minlength=self.num_experts).tolist()
         combined = self.experts(tokens, counts, index=order // k, weights=routing.weights.reshape(-1)[order])
         if self.shared is not None:
             for i in range(self.shared.num_experts):

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from subnets.experts.layer import Experts, MoE
+from subnets.experts.layer import Experts, MoE, dispatch
+from subnets.experts.routing import top_k
 
 
 @dataclass
@@ -207,16 +208,14 @@ class MoefiedFeedForward(nn.Module):
             scores = torch.rand(len(tokens), self.num_experts, device=tokens.device)
         else:
             scores = self.router(tokens)
-        return torch.topk(scores, self.k, dim=-1).indices
+        return top_k(scores, self.k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.reshape(-1, x.shape[-1])
         if self.k == self.num_experts:
             out = sum(self.experts.expert(e, tokens) for e in range(self.num_experts))
         else:
-            flat = self.select(tokens).reshape(-1)
-            order = torch.argsort(flat)
-            counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+            order, counts, _ = dispatch(self.select(tokens), self.num_experts, self.num_experts)
             out = self.experts(tokens, counts, index=order // self.k)  # gather, experts, add: one pass
         if self.bias_out is not None:
             out = out + self.bias_out

@@ -1,0 +1,152 @@
+"""The compiled CPU experts kernel: the same bits as the Python loop, its top-k and dispatch, its switch,
+the fallback when it cannot be built, and its reuse of gradient buffers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from subnets.experts import MoE, cpu_kernel
+from subnets.experts.layer import CHUNK, Experts, dispatch
+from subnets.experts.routing import top_k
+
+
+@pytest.fixture
+def compiled(monkeypatch: pytest.MonkeyPatch):
+    """The kernel, which must build on a machine that runs these tests."""
+    monkeypatch.delenv(cpu_kernel.SWITCH, raising=False)
+    module = cpu_kernel.kernel()
+    assert module is not None, "the CPU experts kernel did not build (see the warning)"
+    return module
+
+
+def _run(experts: Experts, tokens: torch.Tensor, counts: list[int], index: torch.Tensor,
+         weights: torch.Tensor | None, probe: torch.Tensor) -> list[torch.Tensor]:
+    x = tokens.clone().requires_grad_(True)
+    w = None if weights is None else weights.clone().requires_grad_(True)
+    out = experts(x, counts, index=index, weights=w)
+    inputs = [x, *experts.parameters()] + ([] if w is None else [w])
+    return [out, *torch.autograd.grad((out * probe).sum(), inputs)]
+
+
+@pytest.fixture(params=[1, 3])
+def threads(request: pytest.FixtureRequest):
+    """Runs a test with torch set to 1 and to 3 threads (one worker, and several)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind, activation", [("mlp", "gelu"), ("mlp", "relu"), ("swiglu", "gelu")])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_the_kernel_and_the_python_loop_give_the_same_bits(kind: str, activation: str, weighted: bool, threads: int,
+                                                           compiled, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outputs and every gradient, bit for bit, with one thread and several: an expert with more pairs than
+    one run holds (so it runs in several and accumulates its weight gradients), an expert without pairs
+    (zero gradients), tokens read by several pairs and tokens by none, wider outputs than hidden units and
+    the reverse."""
+    torch.manual_seed(0)
+    for hidden, out_dim in ((8, 12), (20, 6)):
+        experts = Experts(5, 12, hidden, kind, activation, out_dim=out_dim)
+        counts = [CHUNK + 300, 0, 7, 40, 1]
+        index = torch.randint(0, 900, (sum(counts),))  # some of the 1000 rows are never read
+        tokens, probe = torch.randn(1000, 12), torch.randn(1000, out_dim)
+        weights = torch.rand(sum(counts)) if weighted else None
+        results = {}
+        for path in ("compiled", "python"):
+            monkeypatch.setenv(cpu_kernel.SWITCH, path)
+            results[path] = _run(experts, tokens, counts, index, weights, probe)
+        for kernel, loop in zip(results["compiled"], results["python"], strict=True):
+            assert torch.equal(kernel, loop)
+        assert torch.equal(results["compiled"][0][900:], torch.zeros(100, out_dim))  # rows no pair reads
+        assert not results["compiled"][2][1].any()  # w_in's gradient of the expert without pairs
+
+
+def test_the_kernel_runs_the_moe_without_the_python_loop(compiled, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the kernel the Python loop's workers are never called; switched off, they are."""
+    from subnets.experts import layer
+
+    calls = []
+    original = layer._WORKERS.run
+    monkeypatch.setattr(layer._WORKERS, "run", lambda *args: calls.append(1) or original(*args))
+    moe = MoE(8, 16, num_experts=4, k=2)
+    moe(torch.randn(30, 8)).sum().backward()
+    assert calls == []
+    monkeypatch.setenv(cpu_kernel.SWITCH, "python")
+    moe(torch.randn(30, 8)).sum().backward()
+    assert calls == [1, 1]
+
+
+def test_top_k_picks_the_largest_first_and_breaks_ties_by_the_lower_index(compiled) -> None:
+    torch.manual_seed(1)
+    scores, bias = torch.rand(500, 24), torch.randn(24) * 0.1
+    for k in (1, 3, 24):
+        assert torch.equal(top_k(scores, k), torch.topk(scores, k, dim=-1).indices)
+        assert torch.equal(top_k(scores, k, bias), torch.topk(scores + bias, k, dim=-1).indices)
+    tied = torch.tensor([[0.5, 0.9, 0.5, 0.9, 0.1]])
+    assert top_k(tied, 3).tolist() == [[1, 3, 0]]
+    with pytest.raises(RuntimeError, match="k must be between 1 and 5"):
+        compiled.top_k(tied, None, 6)
+
+
+@pytest.mark.parametrize("capacity", [None, 0, 3, 40])
+def test_dispatch_matches_the_torch_path(capacity: int | None, compiled, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pairs sorted by expert in token order, per-expert counts and the kept mask, with null experts (ids 6
+    and 7) never kept and each expert keeping its first ``capacity`` pairs."""
+    torch.manual_seed(2)
+    experts = torch.stack([torch.randperm(8)[:3] for _ in range(60)])
+    results = {}
+    for path in ("compiled", "python"):
+        monkeypatch.setenv(cpu_kernel.SWITCH, path)
+        results[path] = dispatch(experts, 6, 8, capacity)
+    (order, counts, kept), (loop_order, loop_counts, loop_kept) = results["compiled"], results["python"]
+    assert torch.equal(order, loop_order) and counts == loop_counts and torch.equal(kept, loop_kept)
+    flat = experts.reshape(-1)
+    assert (flat[order].diff() >= 0).all() and not kept[experts >= 6].any()
+    assert counts == [min(int((flat == e).sum()), 10 ** 9 if capacity is None else capacity) for e in range(6)]
+
+
+def test_the_switch_names_its_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cpu_kernel.SWITCH, "fast")
+    with pytest.raises(ValueError, match="SUBNETS_EXPERTS_KERNEL must be 'python' or 'compiled', got 'fast'"):
+        MoE(8, 16, num_experts=4, k=2)(torch.randn(5, 8))
+    monkeypatch.setenv(cpu_kernel.SWITCH, "python")
+    assert cpu_kernel.kernel() is None
+
+
+def test_a_kernel_that_does_not_build_warns_once_and_the_python_loop_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = tmp_path / "experts_cpu.cpp"
+    broken.write_text("#error this kernel does not build\n")
+    monkeypatch.setattr(cpu_kernel, "SOURCE", broken)
+    monkeypatch.setattr(cpu_kernel, "_loaded", {})
+    monkeypatch.setenv("SUBNETS_KERNELS", str(tmp_path / "kernels"))
+    monkeypatch.delenv(cpu_kernel.SWITCH, raising=False)
+    torch.manual_seed(3)
+    moe = MoE(8, 16, num_experts=4, k=2)
+    x = torch.randn(20, 8)
+    with pytest.warns(RuntimeWarning, match="CPU experts kernel could not be built"):
+        out = moe(x)
+    assert cpu_kernel.kernel() is None  # remembered: no second attempt, no second warning
+    monkeypatch.setenv(cpu_kernel.SWITCH, "python")
+    assert torch.equal(out, moe(x))
+
+
+def test_large_weight_gradients_reuse_their_memory_step_after_step(compiled) -> None:
+    """Once a step's gradients are set to None, the next step's come back from the pool, not from fresh
+    pages to fault in: a tensor allocated in between does not get that memory, the next gradient does, and
+    it holds the right values."""
+    torch.manual_seed(4)
+    moe = MoE(256, 64, num_experts=48, k=2, kind="swiglu")  # w_in's gradient: 48 * 256 * 128 * 4 B = 6 MB
+    x = torch.randn(64, 256)
+    moe(x).sum().backward()
+    first = moe.experts.w_in.grad.data_ptr()
+    moe.zero_grad(set_to_none=True)
+    between = torch.empty_like(moe.experts.w_in)  # the allocator would hand out memory just given back to it
+    moe(x).sum().backward()
+    assert moe.experts.w_in.grad.data_ptr() == first != between.data_ptr()
+    expected = torch.autograd.grad(moe(x).sum(), moe.experts.w_in)[0]
+    assert torch.equal(moe.experts.w_in.grad, expected)
