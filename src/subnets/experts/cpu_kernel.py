@@ -54,17 +54,34 @@ def kernel() -> ModuleType | None:
 
 
 def _build() -> ModuleType | None:
-    from torch.utils.cpp_extension import load
-
-    folder = build_directory()
-    folder.mkdir(parents=True, exist_ok=True)
-    if not any(folder.glob("*.so")):
-        print(f"subnets: compiling the CPU experts kernel into {folder} (once, about 30 s)", file=sys.stderr)
+    path = os.environ.get("PATH")
     try:
+        from torch.utils.cpp_extension import load
+
+        folder = build_directory()
+        folder.mkdir(parents=True, exist_ok=True)
+        if not any(folder.glob("*.so")):
+            print(f"subnets: compiling the CPU experts kernel into {folder} (once, about 30 s)", file=sys.stderr)
+        os.environ["PATH"] = os.pathsep.join([*_ninja_folder(), *([path] if path else [])])
         return load(name="subnets_experts_cpu", sources=[str(SOURCE)], build_directory=str(folder),
                     extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as error:  # a missing compiler or ninja, an unsupported platform: the Python loop works
+    except Exception as error:  # no compiler, no ninja, an unwritable cache: the Python loop still works
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         warnings.warn(f"subnets: the CPU experts kernel could not be built ({reason}); using the Python loop. "
                       f"Set {SWITCH}=python to skip trying.", RuntimeWarning, stacklevel=3)
         return None
+    finally:
+        if path is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = path
+
+
+def _ninja_folder() -> list[str]:
+    """The folder of the PyPI ninja package's binary, which torch's builder looks for on PATH (none if absent)."""
+    try:
+        import ninja
+    except ImportError:
+        return []
+    folder = getattr(ninja, "BIN_DIR", None)
+    return [folder] if folder else []

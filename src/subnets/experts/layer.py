@@ -224,7 +224,7 @@ class _ExpertsFunction(torch.autograd.Function):
         width, hidden_width, out_width = w_in.shape[-1], w_out.shape[-2], w_out.shape[-1]
         pairs, experts = len(plan.index), plan.busiest_first
         saved = tokens.new_empty(pairs, width) if plan.save else None
-        if plan.save:  # saved is filled in below, but it holds no version yet that backward could check
+        if plan.save:  # torch packs the saved tensors when forward returns, after saved is filled in below
             ctx.plan = plan
             ctx.save_for_backward(tokens, weights, w_in, w_out, b_in, b_out, saved)
         if plan.compiled is not None:
