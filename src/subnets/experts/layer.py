@@ -203,12 +203,13 @@ class _ExpertsFunction(torch.autograd.Function):
 
     Pair ``p`` (sorted by expert) reads row ``index[p]`` of ``tokens``, runs through its expert and adds its
     output times ``weights[p]`` into row ``index[p]`` of the result. Each expert runs on its pairs in equal
-    runs of at most ``CHUNK``, intermediates written into scratch buffers reused from run to run, each
-    pair's output into its own row of a pair-sized workspace (always there: where a product writes can
-    change its last bits). One worker adds each run's outputs into their tokens' rows at once; with several,
-    one ``index_add_`` at the end adds them all. Either way a token's row sums its pairs in pair order, so
-    results do not depend on the number of workers or on which worker ran which expert. The pre-activations
-    are saved for backward.
+    runs of at most ``CHUNK``, intermediates written into scratch buffers reused from run to run. One worker
+    takes the experts in order and adds each run's outputs into their tokens' rows at once (while they are
+    in cache); several workers write each pair's output to its own row of a pair-sized workspace, and one
+    ``index_add_`` at the end adds them into their tokens' rows. Either way a token's row sums its pairs in
+    pair order, so results do not depend on which worker ran which expert, nor on the number of workers
+    where rows are 16-byte aligned (for a narrower output, MKL's product can round differently depending on
+    where it writes). The pre-activations are saved for backward.
 
     The backward pass mirrors it run by run: weight gradients are written in place into one ``(E, ...)``
     tensor (autograd through ``w_in[i]`` would allocate and add a full-size gradient per expert), the
@@ -227,13 +228,13 @@ class _ExpertsFunction(torch.autograd.Function):
         if plan.save:  # torch packs the saved tensors when forward returns, after saved is filled in below
             ctx.plan = plan
             ctx.save_for_backward(tokens, weights, w_in, w_out, b_in, b_out, saved)
+        direct = _WORKERS.count(experts, tokens.device) == 1  # one worker adds each run's outputs at once
+        outputs = None if direct else _WORKSPACE("pairs", tokens, pairs, out_width)
         if plan.compiled is not None:
             return plan.compiled.experts_forward(
                 tokens, weights, w_in, w_out, b_in, b_out, plan.index, plan.bounds, experts, plan.kind_id, CHUNK,
-                saved, _WORKSPACE("pairs", tokens, pairs, out_width))
+                saved, direct, outputs)
         result = tokens.new_zeros(len(tokens), out_width)
-        direct = _WORKERS.count(experts, tokens.device) == 1  # one worker adds each run's outputs at once
-        outputs = _WORKSPACE("pairs", tokens, pairs, out_width)
         scale_activated = weights is not None and b_out is None and hidden_width < out_width
 
         def work(expert: int, buffer: _Buffers) -> None:
@@ -247,7 +248,7 @@ class _ExpertsFunction(torch.autograd.Function):
                 _activate(plan, hidden, activated)
                 if scale_activated:  # (w a) W = w (a W), on the narrower side
                     activated *= weights[start:stop, None]
-                output = torch.mm(activated, w_out[expert], out=outputs[start:stop])
+                output = torch.mm(activated, w_out[expert], out=buffer("output", n) if direct else outputs[start:stop])
                 if b_out is not None:
                     output += b_out[expert]
                 if weights is not None and not scale_activated:
@@ -257,7 +258,8 @@ class _ExpertsFunction(torch.autograd.Function):
 
         largest = plan.largest
         _WORKERS.run(work, experts, tokens.device, lambda: _Buffers(
-            tokens, largest, x=tokens.shape[-1], hidden=0 if plan.save else width, activated=hidden_width))
+            tokens, largest, x=tokens.shape[-1], hidden=0 if plan.save else width, activated=hidden_width,
+            output=out_width if direct else 0))
         return result if direct else result.index_add_(0, plan.index, outputs)
 
     @staticmethod
@@ -269,13 +271,13 @@ class _ExpertsFunction(torch.autograd.Function):
         dim, width, hidden_width, out_width = tokens.shape[-1], w_in.shape[-1], w_out.shape[-2], w_out.shape[-1]
         experts = plan.busiest_first
         grad_result = grad_result.contiguous()
-        grad_pairs = _WORKSPACE("pairs", tokens, len(plan.index), dim) if need[0] else None
+        direct = _WORKERS.count(experts, tokens.device) == 1
+        grad_pairs = _WORKSPACE("pairs", tokens, len(plan.index), dim) if need[0] and not direct else None
         if plan.compiled is not None:
             grads = plan.compiled.experts_backward(
                 grad_result, tokens, weights, w_in, w_out, b_in, b_out, saved, plan.index, plan.bounds, experts,
-                plan.kind_id, CHUNK, need[0], need[1], grad_pairs)
+                plan.kind_id, CHUNK, need[0], need[1], direct, grad_pairs)
             return (*grads, None)
-        direct = _WORKERS.count(experts, tokens.device) == 1
         grad_tokens = torch.zeros_like(tokens) if need[0] else None
         grad_weights = torch.empty_like(weights) if weights is not None and need[1] else None
         grad_w_in, grad_w_out = torch.empty_like(w_in), torch.empty_like(w_out)
@@ -330,7 +332,8 @@ class _ExpertsFunction(torch.autograd.Function):
                 grad_in = grad_w_in[expert]
                 torch.mm(x.T, grad_hidden, out=grad_in) if first else grad_in.addmm_(x.T, grad_hidden)
                 if grad_tokens is not None:
-                    grad_x = torch.mm(grad_hidden, w_in[expert].T, out=grad_pairs[start:stop])
+                    grad_x = torch.mm(grad_hidden, w_in[expert].T, out=buffer("grad_x", n) if direct else
+                                      grad_pairs[start:stop])
                     if direct:
                         grad_tokens.index_add_(0, rows, grad_x)
 
@@ -338,8 +341,8 @@ class _ExpertsFunction(torch.autograd.Function):
         _WORKERS.run(work, experts, tokens.device, lambda: _Buffers(
             tokens, largest, grad_output=out_width, activated=hidden_width,
             silu=hidden_width if plan.kind == "swiglu" else 0, grad_activated=hidden_width, product=hidden_width,
-            grad_hidden=width, x=dim))
-        if grad_pairs is not None and not direct:
+            grad_hidden=width, x=dim, grad_x=dim if direct else 0))
+        if grad_pairs is not None:
             grad_tokens.index_add_(0, plan.index, grad_pairs)
         return grad_tokens, grad_weights, grad_w_in, grad_w_out, grad_b_in, grad_b_out, None
 

@@ -1,9 +1,10 @@
 // The mixture-of-experts experts pass on a CPU: gather, expert, weighted combine, forward and backward,
 // with the experts run concurrently by OpenMP threads (one expert per thread, busiest first) and the
-// combine done per token, in sorted-pair order, so results do not depend on the number of threads.
+// combine done per token, in sorted-pair order, so results do not depend on which thread ran what.
 //
 // Each function is the same sequence of ATen operators as the Python loop in subnets/experts/layer.py
-// (_ExpertsFunction), run for the same runs of pairs, so the two give bit-identical results; this one
+// (_ExpertsFunction), run for the same runs of pairs and, with one thread, adding each run's outputs as it
+// goes as the loop does then, so the two give bit-identical results; this one
 // avoids that loop's interpreter and lock overhead per operator (the loop pays them ~20 times per expert) and
 // starts its threads without waiting for torch's OpenMP threads to stop spinning.
 //
@@ -58,6 +59,13 @@ void check_layout(const at::Tensor& w_in, const at::Tensor& index, const std::ve
               "starts must bound ", experts, " experts' pairs, ", index.size(0), " in all");
   for (size_t e = 1; e < starts.size(); ++e) TORCH_CHECK(starts[e] >= starts[e - 1], "starts must not decrease");
   for (int64_t e : order) TORCH_CHECK(e >= 0 && e < experts, "order names expert ", e, " of ", experts);
+}
+
+// The experts in the order they run: busiest first for several threads (so the last to finish is short),
+// in index order for one (so adding each run's outputs as it goes sums a token's pairs in pair order).
+std::vector<int64_t> in_turn(std::vector<int64_t> order, bool direct) {
+  if (direct) std::sort(order.begin(), order.end());
+  return order;
 }
 
 int64_t largest_run(const std::vector<std::vector<Run>>& runs) {
@@ -208,23 +216,32 @@ class BufferPool {
 }  // namespace
 
 // The forward pass: returns the combined result (T, O); writes pre-activations into saved (P, W) if defined.
+// With direct (one thread at work, as layer.py's loop decides) the experts run in order and each run's
+// outputs are added into their tokens' rows at once, while in cache; else each pair's output goes to its
+// row of outputs (P, O) and the combine adds them up at the end.
 at::Tensor experts_forward(const at::Tensor& tokens, const std::optional<at::Tensor>& weights, const at::Tensor& w_in,
                            const at::Tensor& w_out, const std::optional<at::Tensor>& b_in,
                            const std::optional<at::Tensor>& b_out, const at::Tensor& index,
                            const std::vector<int64_t>& starts, const std::vector<int64_t>& order, int64_t kind_id,
-                           int64_t chunk, const std::optional<at::Tensor>& saved, const at::Tensor& outputs) {
+                           int64_t chunk, const std::optional<at::Tensor>& saved, bool direct,
+                           const std::optional<at::Tensor>& outputs) {
   const Kind kind = static_cast<Kind>(kind_id);
   const int64_t dim = tokens.size(1), width = w_in.size(2), hidden_width = w_out.size(1), out_width = w_out.size(2);
   check_layout(w_in, index, starts, order);
+  TORCH_CHECK(direct || outputs.has_value(), "outputs are needed unless direct");
   const bool scale_activated = weights.has_value() && !b_out.has_value() && hidden_width < out_width;
-  const auto runs = plan_runs(starts, order, chunk);
+  const auto runs = plan_runs(starts, in_turn(order, direct), chunk);
   const int64_t largest = largest_run(runs);
+  at::Tensor result = direct ? at::zeros({tokens.size(0), out_width}, tokens.options())
+                             : at::empty({tokens.size(0), out_width}, tokens.options());
   auto make = [&]() {
     return std::vector<at::Tensor>{scratch(0, largest, dim, tokens), scratch(1, largest, width, tokens),
-                                   scratch(2, largest, hidden_width, tokens)};
+                                   scratch(2, largest, hidden_width, tokens),
+                                   scratch(9, direct ? largest : 1, out_width, tokens)};
   };
   for_each_expert(static_cast<int64_t>(runs.size()), make, [&](std::vector<at::Tensor>& buffers, int64_t i) {
     const at::Tensor &x_buffer = buffers[0], &hidden_buffer = buffers[1], &activated_buffer = buffers[2];
+    const at::Tensor& output_buffer = buffers[3];
     for (const Run& run : runs[i]) {
       const int64_t n = run.stop - run.start, e = run.expert;
       at::Tensor rows = index.narrow(0, run.start, n);
@@ -236,14 +253,14 @@ at::Tensor experts_forward(const at::Tensor& tokens, const std::optional<at::Ten
       at::Tensor activated = activated_buffer.narrow(0, 0, n);
       activate(kind, hidden, activated);
       if (scale_activated) activated.mul_(weights->narrow(0, run.start, n).unsqueeze(1));
-      at::Tensor output = outputs.narrow(0, run.start, n);
+      at::Tensor output = direct ? output_buffer.narrow(0, 0, n) : outputs->narrow(0, run.start, n);
       at::mm_out(output, activated, w_out[e]);
       if (b_out.has_value()) output.add_((*b_out)[e]);
       if (weights.has_value() && !scale_activated) output.mul_(weights->narrow(0, run.start, n).unsqueeze(1));
+      if (direct) result.index_add_(0, rows, output);
     }
   });
-  at::Tensor result = at::empty({tokens.size(0), out_width}, tokens.options());
-  combine(outputs, index, result);
+  if (!direct) combine(*outputs, index, result);
   return result;
 }
 
@@ -254,7 +271,7 @@ std::vector<std::optional<at::Tensor>> experts_backward(
     const at::Tensor& w_in, const at::Tensor& w_out, const std::optional<at::Tensor>& b_in,
     const std::optional<at::Tensor>& b_out, const at::Tensor& saved, const at::Tensor& index,
     const std::vector<int64_t>& starts, const std::vector<int64_t>& order, int64_t kind_id, int64_t chunk,
-    bool need_tokens, bool need_weights, const std::optional<at::Tensor>& grad_pairs) {
+    bool need_tokens, bool need_weights, bool direct, const std::optional<at::Tensor>& grad_pairs) {
   const Kind kind = static_cast<Kind>(kind_id);
   const int64_t dim = tokens.size(1), width = w_in.size(2), hidden_width = w_out.size(1), out_width = w_out.size(2);
   check_layout(w_in, index, starts, order);
@@ -275,8 +292,11 @@ std::vector<std::optional<at::Tensor>> experts_backward(
     }
   }
   const bool scale_activated = hidden_width <= out_width;  // scale the narrower factor of the w_out gradient
-  const auto runs = plan_runs(starts, order, chunk);
+  TORCH_CHECK(direct || !need_tokens || grad_pairs.has_value(), "grad_pairs are needed unless direct");
+  const auto runs = plan_runs(starts, in_turn(order, direct), chunk);
   const int64_t largest = largest_run(runs);
+  std::optional<at::Tensor> grad_tokens;
+  if (need_tokens) grad_tokens = direct ? at::zeros_like(tokens) : at::empty_like(tokens);
   auto make = [&]() {
     return std::vector<at::Tensor>{scratch(3, largest, out_width, tokens),
                                    scratch(4, largest, hidden_width, tokens),
@@ -284,12 +304,13 @@ std::vector<std::optional<at::Tensor>> experts_backward(
                                    scratch(6, largest, hidden_width, tokens),
                                    scratch(7, largest, hidden_width, tokens),
                                    scratch(8, largest, width, tokens),
-                                   scratch(0, largest, dim, tokens)};
+                                   scratch(0, largest, dim, tokens),
+                                   scratch(10, direct && need_tokens ? largest : 1, dim, tokens)};
   };
   for_each_expert(static_cast<int64_t>(runs.size()), make, [&](std::vector<at::Tensor>& buffers, int64_t i) {
     const at::Tensor &grad_output_buffer = buffers[0], &activated_buffer = buffers[1], &silu_buffer = buffers[2];
     const at::Tensor &grad_activated_buffer = buffers[3], &product_buffer = buffers[4];
-    const at::Tensor &grad_hidden_buffer = buffers[5], &x_buffer = buffers[6];
+    const at::Tensor &grad_hidden_buffer = buffers[5], &x_buffer = buffers[6], &grad_x_buffer = buffers[7];
     for (const Run& run : runs[i]) {
       const int64_t n = run.stop - run.start, e = run.expert;
       at::Tensor rows = index.narrow(0, run.start, n);
@@ -358,16 +379,13 @@ std::vector<std::optional<at::Tensor>> experts_backward(
         grad_in.addmm_(x.t(), grad_hidden);
       }
       if (need_tokens) {
-        at::Tensor grad_x = grad_pairs->narrow(0, run.start, n);
+        at::Tensor grad_x = direct ? grad_x_buffer.narrow(0, 0, n) : grad_pairs->narrow(0, run.start, n);
         at::mm_out(grad_x, grad_hidden, w_in[e].t());
+        if (direct) grad_tokens->index_add_(0, rows, grad_x);
       }
     }
   });
-  std::optional<at::Tensor> grad_tokens;
-  if (need_tokens) {
-    grad_tokens = at::empty_like(tokens);
-    combine(*grad_pairs, index, *grad_tokens);
-  }
+  if (need_tokens && !direct) combine(*grad_pairs, index, *grad_tokens);
   return {grad_tokens, grad_weights, grad_w_in, grad_w_out, grad_b_in, grad_b_out};
 }
 
