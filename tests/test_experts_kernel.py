@@ -150,3 +150,22 @@ def test_large_weight_gradients_reuse_their_memory_step_after_step(compiled) -> 
     assert moe.experts.w_in.grad.data_ptr() == first != between.data_ptr()
     expected = torch.autograd.grad(moe(x).sum(), moe.experts.w_in)[0]
     assert torch.equal(moe.experts.w_in.grad, expected)
+
+
+def test_a_first_call_in_inference_mode_leaves_later_training_calls_working(
+        threads: int, compiled, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scratch memory kept from call to call is made outside inference mode, so a model first run under
+    ``torch.inference_mode()`` can then be trained; outputs are the same either way, through either path."""
+    from subnets.experts import layer
+
+    torch.manual_seed(5)
+    moe = MoE(16, 24, num_experts=8, k=2, kind="swiglu")
+    x = torch.randn(300, 16)
+    for path in ("compiled", "python"):
+        monkeypatch.setenv(cpu_kernel.SWITCH, path)
+        monkeypatch.setattr(layer, "_WORKSPACE", layer._Workspace())  # as in a fresh process
+        with torch.inference_mode():
+            inferred = moe(x)
+        trained = moe(x.clone().requires_grad_(True))
+        trained.sum().backward()
+        assert torch.equal(inferred, trained.detach())

@@ -167,7 +167,8 @@ class _Workspace(threading.local):
         key = (name, like.device, like.dtype)
         held = self.tensors.get(key)
         if held is None or held.numel() < rows * width:
-            held = self.tensors[key] = like.new_empty(rows * width)
+            with torch.inference_mode(False):  # an inference tensor could not be written outside that mode later
+                held = self.tensors[key] = like.new_empty(rows * width)
         return held[: rows * width].view(rows, width)
 
 

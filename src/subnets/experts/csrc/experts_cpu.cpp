@@ -85,9 +85,11 @@ void for_each_expert(int64_t count, const Make& make, const Body& body) {
     std::lock_guard<std::mutex> guard(lock);
     if (!failure) failure = std::current_exception();
   };
+  const bool inference = c10::InferenceMode::is_enabled();
 #pragma omp parallel
   {
-    at::NoGradGuard no_grad;  // grad mode is per thread; these threads compute inside an autograd.Function
+    c10::InferenceMode mode(inference);  // per thread, like grad mode: each thread takes the caller's
+    at::NoGradGuard no_grad;             // these threads compute inside an autograd.Function
     std::optional<decltype(make())> state;
     try {
       state.emplace(make());
@@ -160,8 +162,10 @@ at::Tensor scratch(size_t slot, int64_t rows, int64_t width, const at::Tensor& l
   width = std::max<int64_t>(width, 1);
   if (held.size() <= slot) held.resize(slot + 1);
   at::Tensor& tensor = held[slot];
-  if (!tensor.defined() || tensor.scalar_type() != like.scalar_type() || tensor.numel() < rows * width)
+  if (!tensor.defined() || tensor.scalar_type() != like.scalar_type() || tensor.numel() < rows * width) {
+    c10::InferenceMode normal(false);  // an inference tensor could not be written outside inference mode later
     tensor = at::empty({rows * width}, like.options());
+  }
   return tensor.narrow(0, 0, rows * width).view({rows, width});
 }
 
