@@ -70,8 +70,8 @@ class _KilledAfter(MemoryStepStore):
         super().__init__()
         self.limit = limit
 
-    def put_step(self, key, result, tensors=None) -> None:
-        super().put_step(key, result, tensors)
+    def put_step(self, key, result, tensors=None, log=None) -> None:
+        super().put_step(key, result, tensors, log)
         if len(self.steps) >= self.limit:
             raise KeyboardInterrupt
 

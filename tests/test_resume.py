@@ -120,3 +120,16 @@ def test_a_run_busy_in_a_live_process_is_refused_and_a_dead_ones_resumed(tmp_pat
         other.wait()
     assert store.run("r1")["status"] == "partial"  # its process is gone
     assert store.start_run("r1", "lottery", "busy", {}, "cpu") is True
+
+
+def test_a_step_and_its_log_line_are_stored_together_or_not_at_all(tmp_path: Path) -> None:
+    """A killed run must not keep a step without its line (the kill-and-resume test counts the lines): both
+    go in one transaction, so a failure while writing the line leaves neither."""
+    store = Store(tmp_path / "store")
+    store.start_run("r1", "lottery", "tiny", {}, "cpu")
+    steps = store.steps("r1")
+    steps.put_step("a", {"x": 1}, log="a: done")
+    with pytest.raises(sqlite3.Error):
+        steps.put_step("b", {"x": 2}, log=object())  # sqlite cannot bind it: the line's insert fails
+    assert steps.get_step("a") == ({"x": 1}, {}) and steps.get_step("b") is None
+    assert [line.split(" ", 1)[1] for line in store.log_lines("r1")] == ["a: done"]

@@ -26,8 +26,10 @@ class StepStore(Protocol):
         """The step's JSON result and its tensor groups, or None when the step has not finished or one
         of its tensor files is missing or fails its content hash (the step is then computed again)."""
 
-    def put_step(self, key: str, result: dict[str, Any], tensors: dict[str, Tensors] | None = None) -> None:
-        """Store a finished step atomically: either all of it is visible afterwards or none of it."""
+    def put_step(self, key: str, result: dict[str, Any], tensors: dict[str, Tensors] | None = None,
+                 log: str | None = None) -> None:
+        """Store a finished step atomically, with ``log`` (if given) as its line in the run log: either all of
+        it is visible afterwards or none of it."""
 
     def log(self, message: str) -> None:
         """A line for the run log."""
@@ -43,12 +45,23 @@ class MemoryStepStore:
     def get_step(self, key: str) -> tuple[dict[str, Any], dict[str, Tensors]] | None:
         return self.steps.get(key)
 
-    def put_step(self, key: str, result: dict[str, Any], tensors: dict[str, Tensors] | None = None) -> None:
+    def put_step(self, key: str, result: dict[str, Any], tensors: dict[str, Tensors] | None = None,
+                 log: str | None = None) -> None:
         self.steps[key] = (result, {g: {k: v.detach().cpu().clone() for k, v in t.items()}
                                     for g, t in (tensors or {}).items()})
+        if log is not None:
+            self.lines.append(log)
 
     def log(self, message: str) -> None:
         self.lines.append(message)
+
+
+def store_step(steps: StepStore, progress: Progress, key: str, result: dict[str, Any],
+               tensors: dict[str, Tensors] | None, line: str) -> None:
+    """Store a finished step with ``line`` as its log line, in one transaction (a run killed in between would
+    otherwise keep the step without its line), and show the line."""
+    steps.put_step(key, result, tensors, log=line)
+    progress.log(line)
 
 
 def derive_seed(*parts: object) -> int:
@@ -78,10 +91,7 @@ def run_units(steps: StepStore, progress: Progress, task: str, units: Sequence[t
         found = steps.get_step(key)
         if found is None:
             found = train(variant, seed)
-            steps.put_step(key, *found)
-            line = f"{key}: {describe(found[0])}"
-            steps.log(line)
-            progress.log(line)
+            store_step(steps, progress, key, *found, f"{key}: {describe(found[0])}")
         results.append(found[0])
         progress.advance(task, 1, variant=variant, seed=seed)
     progress.finish(task)

@@ -28,7 +28,7 @@ from subnets.experts.moefy import MoefiedFeedForward, block_inputs, find_site, m
 from subnets.models import build_model
 from subnets.progress import SILENT, Progress
 from subnets.specs import ExperimentSpec, ModelSpec
-from subnets.steps import StepStore, Tensors, derive_seed, run_trainings
+from subnets.steps import StepStore, Tensors, derive_seed, run_trainings, store_step
 from subnets.train import TrainConfig, evaluate, train
 
 DENSE_VARIANTS = ("dense-active", "dense-total")
@@ -274,10 +274,7 @@ class MoefyExperiment:
         found = steps.get_step(key)
         if found is None:
             result, tensors = compute()
-            steps.put_step(key, result, tensors)
-            line = f"{key}: {result['summary']}"
-            steps.log(line)
-            self.progress.log(line)
+            store_step(steps, self.progress, key, result, tensors, f"{key}: {result['summary']}")
             found = (result, tensors)
         return found
 

@@ -26,7 +26,7 @@ from subnets.experts.moefy import MoefiedFeedForward, block_inputs, feed_forward
 from subnets.models.minilm import MiniLM, load_minilm
 from subnets.progress import SILENT, Progress
 from subnets.specs import Seeds
-from subnets.steps import StepStore, Tensors, derive_seed
+from subnets.steps import StepStore, Tensors, derive_seed, store_step
 
 SELECTIONS = ("router", "oracle", "random")
 
@@ -110,12 +110,10 @@ class MoefyMiniLMExperiment:
             found = steps.get_step(key)
             if found is None:
                 result, tensors = self._split(*unit)
-                steps.put_step(key, result, tensors)
                 line = f"{key}: " + ", ".join(
                     f"{int(100 * f)}% active cos {result['cosine']['router'][i]['mean']:.4f} "
                     f"FFN x{result['ffn_speedup'][i]:.2f}" for i, f in enumerate(result["fractions"]))
-                steps.log(line)
-                self.progress.log(line)
+                store_step(steps, self.progress, key, result, tensors, line)
                 found = (result, tensors)
             results.append(found[0])
             self.progress.advance("moefy-minilm", 1)

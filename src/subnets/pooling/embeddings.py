@@ -51,7 +51,7 @@ from subnets.pooling.statistics import holm
 from subnets.pooling.tokens import MultiHeadAttentionPool
 from subnets.progress import SILENT, Progress
 from subnets.specs import Seeds
-from subnets.steps import StepStore, Tensors, derive_seed
+from subnets.steps import StepStore, Tensors, derive_seed, store_step
 
 STATES = 7  # all-MiniLM-L6-v2's hidden states: the embedding layer's output and six transformer layers
 LAST = STATES - 1
@@ -387,11 +387,9 @@ class PoolingEmbeddingsExperiment:
             found = steps.get_step(key)
             if found is None:
                 found = self._readout(readout, seed, steps)
-                steps.put_step(key, *found)
-                line = (f"{key}: top-1 {100 * found[0]['top1']:.2f}%, MRR {found[0]['mrr']:.4f}"
-                        + (f", trained {found[0]['train_seconds']:.1f}s" if seed is not None else ""))
-                steps.log(line)
-                self.progress.log(line)
+                store_step(steps, self.progress, key, *found,
+                           f"{key}: top-1 {100 * found[0]['top1']:.2f}%, MRR {found[0]['mrr']:.4f}"
+                           + (f", trained {found[0]['train_seconds']:.1f}s" if seed is not None else ""))
             results.append(found[0])
             ranks[key] = found[1]["ranks"]
             self.progress.advance("pooling-embeddings", 1)

@@ -245,12 +245,15 @@ class RunSteps:
             tensors[group] = loaded
         return json.loads(row["result"]), tensors
 
-    def put_step(self, key: str, result: dict[str, Any], tensors: dict[str, Tensors] | None = None) -> None:
+    def put_step(self, key: str, result: dict[str, Any], tensors: dict[str, Tensors] | None = None,
+                 log: str | None = None) -> None:
         digests = {group: self.store.write_tensors(t) for group, t in (tensors or {}).items()}
         with self.store._transaction() as db:
             db.execute("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?)",
                        (self.run_id, key, json.dumps(result), json.dumps(digests), _now()))
             db.execute("UPDATE runs SET updated = ? WHERE id = ?", (_now(), self.run_id))
+            if log is not None:
+                db.execute("INSERT INTO log VALUES (?,?,?)", (self.run_id, _now(), log))
 
     def log(self, message: str) -> None:
         with self.store._transaction() as db:

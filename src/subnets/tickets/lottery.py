@@ -14,7 +14,7 @@ from subnets.masks import Mask, global_magnitude, layerwise_magnitude, random_li
 from subnets.models import build_model, prunable_layers
 from subnets.progress import SILENT, Progress
 from subnets.specs import ExperimentSpec, ModelSpec
-from subnets.steps import MemoryStepStore, StepStore, Tensors, derive_seed
+from subnets.steps import MemoryStepStore, StepStore, Tensors, derive_seed, store_step
 from subnets.train import (
     ONE_AT_A_TIME,
     Execution,
@@ -248,12 +248,10 @@ class LotteryExperiment:
             tensors = {"mask": mask.state_dict(), "final": {k: v.cpu() for k, v in model.state_dict().items()}}
             if level == 0:
                 tensors["rewind"] = {k: v.cpu() for k, v in outcome.checkpoints[self.rewind_iter].items()}
-        self.steps.put_step(key, result, tensors)
-        self._cache[key] = (result, tensors)
         line = (f"{key}: weights {100 * mask.density():.2f}%, test acc {100 * outcome.test_acc:.2f}% "
                 f"at early stop {outcome.early_stop_iter}, {outcome.seconds:.1f}s")
-        self.steps.log(line)
-        self.progress.log(line)
+        store_step(self.steps, self.progress, key, result, tensors, line)
+        self._cache[key] = (result, tensors)
 
     def run(self, steps: StepStore) -> list[dict[str, Any]]:
         """Run (or resume) every step against ``steps`` and return the per-step results.
