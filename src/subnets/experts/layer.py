@@ -366,8 +366,7 @@ def dispatch(experts: torch.Tensor, num_experts: int, num_choices: int,
     never kept; with a ``capacity`` each expert keeps its first ``capacity`` pairs in token order (Switch)."""
     compiled = cpu_kernel.kernel() if experts.device.type == "cpu" else None
     if compiled is not None:
-        order, counts, kept = compiled.dispatch(experts, num_experts, -1 if capacity is None else capacity)
-        return order, counts, kept
+        return compiled.dispatch(experts, num_experts, -1 if capacity is None else capacity)
     flat_experts = experts.reshape(-1)
     order = sort_by_expert(flat_experts, num_choices)
     by_expert = flat_experts[order]

@@ -253,8 +253,12 @@ class RunSteps:
                        (self.run_id, key, json.dumps(result), json.dumps(digests), _now()))
             db.execute("UPDATE runs SET updated = ? WHERE id = ?", (_now(), self.run_id))
             if log is not None:
-                db.execute("INSERT INTO log VALUES (?,?,?)", (self.run_id, _now(), log))
+                self._append_log(db, log)
 
     def log(self, message: str) -> None:
         with self.store._transaction() as db:
-            db.execute("INSERT INTO log VALUES (?,?,?)", (self.run_id, _now(), message))
+            self._append_log(db, message)
+
+    def _append_log(self, db: sqlite3.Connection, message: str) -> None:
+        """Add ``message`` to the run's log inside the open transaction ``db``."""
+        db.execute("INSERT INTO log VALUES (?,?,?)", (self.run_id, _now(), message))
