@@ -65,6 +65,31 @@ def test_the_kernel_and_the_python_loop_give_the_same_bits(kind: str, activation
         assert not results["compiled"][2][1].any()  # w_in's gradient of the expert without pairs
 
 
+@pytest.mark.parametrize("path", ["compiled", "python"])
+def test_results_do_not_depend_on_the_number_of_threads(path: str, compiled, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outputs and every gradient, bit for bit, at 1, 2 and 3 threads, for output rows that are 16-byte aligned
+    and rows that are not (where MKL's product rounds by where it writes), with many small experts so that
+    the worker adding as it goes and the others meet at different experts from call to call."""
+    monkeypatch.setenv(cpu_kernel.SWITCH, path)
+    torch.manual_seed(1)
+    before = torch.get_num_threads()
+    for out_dim in (16, 6):
+        experts = Experts(24, 12, 20, "swiglu", out_dim=out_dim)
+        counts = [int(c) for c in torch.randint(0, 40, (24,))]
+        index = torch.randint(0, 300, (sum(counts),))
+        tokens, probe, weights = torch.randn(300, 12), torch.randn(300, out_dim), torch.rand(sum(counts))
+        results = []
+        try:
+            for threads in (1, 2, 3, 3):
+                torch.set_num_threads(threads)
+                results.append(_run(experts, tokens, counts, index, weights, probe))
+        finally:
+            torch.set_num_threads(before)
+        for other in results[1:]:
+            for a, b in zip(results[0], other, strict=True):
+                assert torch.equal(a, b)
+
+
 def test_the_kernel_runs_the_moe_without_the_python_loop(compiled, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the kernel the Python loop's workers are never called; switched off, they are."""
     from subnets.experts import layer
@@ -81,6 +106,7 @@ def test_the_kernel_runs_the_moe_without_the_python_loop(compiled, monkeypatch: 
 
 
 def test_top_k_picks_the_largest_first_and_breaks_ties_by_the_lower_index(compiled) -> None:
+    """As torch.topk on numbers; NaN counts as -inf (torch ranks it above every number), and no index comes twice."""
     torch.manual_seed(1)
     scores, bias = torch.rand(500, 24), torch.randn(24) * 0.1
     for k in (1, 3, 24):
@@ -88,6 +114,9 @@ def test_top_k_picks_the_largest_first_and_breaks_ties_by_the_lower_index(compil
         assert torch.equal(top_k(scores, k, bias), torch.topk(scores + bias, k, dim=-1).indices)
     tied = torch.tensor([[0.5, 0.9, 0.5, 0.9, 0.1]])
     assert top_k(tied, 3).tolist() == [[1, 3, 0]]
+    inf = float("inf")
+    odd = torch.tensor([[float("nan"), 0.2, 0.1, -inf, 0.3], [-inf, -inf, -inf, -inf, -inf]])
+    assert top_k(odd, 5).tolist() == [[4, 1, 2, 0, 3], [0, 1, 2, 3, 4]]  # NaN as -inf; each index once
     with pytest.raises(RuntimeError, match="k must be between 1 and 5"):
         compiled.top_k(tied, None, 6)
 

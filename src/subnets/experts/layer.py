@@ -206,11 +206,12 @@ class _ExpertsFunction(torch.autograd.Function):
     output times ``weights[p]`` into row ``index[p]`` of the result. Each expert runs on its pairs in equal
     runs of at most ``CHUNK``, intermediates written into scratch buffers reused from run to run. One worker
     takes the experts in order and adds each run's outputs into their tokens' rows at once (while they are
-    in cache); several workers write each pair's output to its own row of a pair-sized workspace, and one
+    in cache); several workers copy each pair's output to its own row of a pair-sized workspace, and one
     ``index_add_`` at the end adds them into their tokens' rows. Either way a token's row sums its pairs in
-    pair order, so results do not depend on which worker ran which expert, nor on the number of workers
-    where rows are 16-byte aligned (for a narrower output, MKL's product can round differently depending on
-    where it writes). The pre-activations are saved for backward.
+    pair order from zero, and every output is computed in a scratch buffer (MKL can round a product
+    differently depending on where it writes, for rows that are not 16-byte aligned), so results depend
+    neither on which worker ran which expert nor on the number of workers. The pre-activations are saved for
+    backward.
 
     The backward pass mirrors it run by run: weight gradients are written in place into one ``(E, ...)``
     tensor (autograd through ``w_in[i]`` would allocate and add a full-size gradient per expert), the
@@ -249,18 +250,20 @@ class _ExpertsFunction(torch.autograd.Function):
                 _activate(plan, hidden, activated)
                 if scale_activated:  # (w a) W = w (a W), on the narrower side
                     activated *= weights[start:stop, None]
-                output = torch.mm(activated, w_out[expert], out=buffer("output", n) if direct else outputs[start:stop])
+                output = torch.mm(activated, w_out[expert], out=buffer("output", n))
                 if b_out is not None:
                     output += b_out[expert]
                 if weights is not None and not scale_activated:
                     output *= weights[start:stop, None]
                 if direct:
                     result.index_add_(0, rows, output)
+                else:
+                    outputs[start:stop] = output
 
         largest = plan.largest
         _WORKERS.run(work, experts, tokens.device, lambda: _Buffers(
             tokens, largest, x=tokens.shape[-1], hidden=0 if plan.save else width, activated=hidden_width,
-            output=out_width if direct else 0))
+            output=out_width))
         return result if direct else result.index_add_(0, plan.index, outputs)
 
     @staticmethod
@@ -333,16 +336,17 @@ class _ExpertsFunction(torch.autograd.Function):
                 grad_in = grad_w_in[expert]
                 torch.mm(x.T, grad_hidden, out=grad_in) if first else grad_in.addmm_(x.T, grad_hidden)
                 if grad_tokens is not None:
-                    grad_x = torch.mm(grad_hidden, w_in[expert].T, out=buffer("grad_x", n) if direct else
-                                      grad_pairs[start:stop])
+                    grad_x = torch.mm(grad_hidden, w_in[expert].T, out=buffer("grad_x", n))
                     if direct:
                         grad_tokens.index_add_(0, rows, grad_x)
+                    else:
+                        grad_pairs[start:stop] = grad_x
 
         largest = plan.largest
         _WORKERS.run(work, experts, tokens.device, lambda: _Buffers(
             tokens, largest, grad_output=out_width, activated=hidden_width,
             silu=hidden_width if plan.kind == "swiglu" else 0, grad_activated=hidden_width, product=hidden_width,
-            grad_hidden=width, x=dim, grad_x=dim if direct else 0))
+            grad_hidden=width, x=dim, grad_x=dim))
         if grad_pairs is not None:
             grad_tokens.index_add_(0, plan.index, grad_pairs)
         return grad_tokens, grad_weights, grad_w_in, grad_w_out, grad_b_in, grad_b_out, None

@@ -16,7 +16,10 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cstring>
+#include <immintrin.h>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <tuple>
@@ -27,10 +30,10 @@ namespace {
 
 enum Kind : int64_t { kGelu = 0, kRelu = 1, kSwiglu = 2 };
 
-// A run: up to `chunk` consecutive pairs of one expert.
+// A run: up to `chunk` consecutive pairs of one expert; first and last: the expert's first and last run.
 struct Run {
   int64_t expert, start, stop;
-  bool first;
+  bool first, last;
 };
 
 // The runs of each expert in the order given (busiest first), split as layer.py's _Plan.chunks splits them.
@@ -43,7 +46,8 @@ std::vector<std::vector<Run>> plan_runs(const std::vector<int64_t>& starts, cons
     if (count > 0) {
       int64_t pieces = (count + chunk - 1) / chunk, size = (count + pieces - 1) / pieces;
       for (int64_t begin = start; begin < start + count; begin += size)
-        own.push_back({expert, begin, std::min(begin + size, start + count), begin == start});
+        own.push_back({expert, begin, std::min(begin + size, start + count), begin == start,
+                       begin + size >= start + count});
     }
     runs.push_back(std::move(own));
   }
@@ -109,6 +113,82 @@ void for_each_expert(int64_t count, const Make& make, const Body& body) {
   if (failure) std::rethrow_exception(failure);
 }
 
+constexpr int64_t kLine = 64 / sizeof(float);  // floats per cache line
+constexpr int64_t kAhead = 4;                    // rows (or tokens) fetched ahead of the one being read
+
+// Asks for the cache lines of width floats at row before they are read. The rows a gather or the combine
+// reads are scattered, too many streams at once for the hardware prefetcher; asking a few rows ahead turns
+// each row's miss latency into bandwidth.
+inline void fetch(const float* row, int64_t width) {
+  for (int64_t c = 0; c < width; c += kLine) __builtin_prefetch(row + c);
+}
+
+// target = the rows of source named by rows, as at::index_select_out would give them (a copy, so the same
+// bits), fetching rows ahead where both are contiguous float32.
+void gather(const at::Tensor& source, const at::Tensor& rows, at::Tensor& target) {
+  if (source.scalar_type() != at::kFloat || !source.is_contiguous() || !target.is_contiguous() ||
+      rows.scalar_type() != at::kLong || !rows.is_contiguous()) {
+    at::index_select_out(target, source, 0, rows);
+    return;
+  }
+  const int64_t count = rows.size(0), width = source.size(1), limit = source.size(0);
+  const int64_t* row = rows.data_ptr<int64_t>();
+  const float* from = source.data_ptr<float>();
+  float* to = target.data_ptr<float>();
+  for (int64_t i = 0; i < count; ++i) {
+    TORCH_CHECK(row[i] >= 0 && row[i] < limit, "index ", row[i], " is out of range for ", limit, " rows");
+    if (i + kAhead < count && row[i + kAhead] >= 0 && row[i + kAhead] < limit)
+      fetch(from + row[i + kAhead] * width, width);
+    std::memcpy(to + i * width, from + row[i] * width, width * sizeof(float));
+  }
+}
+
+// Results bound for memory that is read once, much later (the pair workspace, the saved pre-activations,
+// the weight gradients): computing them in place would read every line in before writing it and push the
+// tokens and outputs the next experts need out of the shared cache. staged(target, buffer) says where to
+// compute such a result, buffer (a scratch in cache, as large) or target itself; flush(staged, target) then
+// streams it out to target with stores that skip the caches. The buffer is used only where it and target
+// start at the same offset within a 64-byte line, contiguous float32: MKL's products round alike there, so
+// the bits are those of a product written in place (as layer.py's loop writes it); and only for results of
+// at most kStagedBytes, which stay in a core's cache (larger ones are written in place).
+constexpr int64_t kStagedBytes = int64_t(1) << 20;
+
+at::Tensor staged(const at::Tensor& target, const at::Tensor& buffer) {
+  constexpr uintptr_t kAlign = 64;
+  const bool same_offset = reinterpret_cast<uintptr_t>(target.data_ptr()) % kAlign ==
+                           reinterpret_cast<uintptr_t>(buffer.data_ptr()) % kAlign;
+  if (!same_offset || target.scalar_type() != at::kFloat || !target.is_contiguous() || !buffer.is_contiguous() ||
+      buffer.numel() < target.numel() || target.numel() * static_cast<int64_t>(sizeof(float)) > kStagedBytes)
+    return target;
+  return buffer.view({-1}).narrow(0, 0, target.numel()).view(target.sizes());
+}
+
+// to[0 .. count) = from[0 .. count), with stores that skip the caches (a plain copy without SSE2); the
+// writer calls fence() before any other thread may read to.
+void stream(float* to, const float* from, int64_t count) {
+#if defined(__SSE2__)
+  int64_t i = 0;
+  for (; i < count && reinterpret_cast<uintptr_t>(to + i) % 16 != 0; ++i) to[i] = from[i];
+  for (; i + 4 <= count; i += 4) _mm_stream_ps(to + i, _mm_loadu_ps(from + i));
+  for (; i < count; ++i) to[i] = from[i];
+#else
+  std::memcpy(to, from, count * sizeof(float));
+#endif
+}
+
+// Orders the streaming stores before what follows.
+inline void fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+void flush(const at::Tensor& staged, const at::Tensor& target) {
+  if (staged.data_ptr() == target.data_ptr()) return;
+  stream(target.data_ptr<float>(), staged.data_ptr<float>(), target.numel());
+  fence();
+}
+
 // out[t] = the sum of pairs[p] over the pairs p with index[p] = t, added in increasing p (the order of
 // layer.py's index_add_); a token without pairs gets zeros. Parallel over tokens, so the same for any number
 // of threads.
@@ -129,14 +209,19 @@ void combine(const at::Tensor& pairs, const at::Tensor& index, at::Tensor& out) 
   const float* source = pairs.data_ptr<float>();
   float* target = out.data_ptr<float>();
   at::parallel_for(0, tokens, 64, [&](int64_t begin, int64_t end) {
+    std::vector<float> sum(width);  // a token's row is summed here, in cache, and then streamed out
+    float* row = sum.data();
     for (int64_t t = begin; t < end; ++t) {
-      float* row = target + t * width;
+      if (t + kAhead < end)
+        for (int64_t q = offsets[t + kAhead]; q < offsets[t + kAhead + 1]; ++q) fetch(source + by_token[q] * width, width);
       std::fill(row, row + width, 0.0f);
       for (int64_t q = offsets[t]; q < offsets[t + 1]; ++q) {
         const float* add = source + by_token[q] * width;
         for (int64_t c = 0; c < width; ++c) row[c] += add[c];
       }
+      stream(target + t * width, row, width);
     }
+    fence();
   });
 }
 
@@ -167,6 +252,12 @@ at::Tensor scratch(size_t slot, int64_t rows, int64_t width, const at::Tensor& l
     tensor = at::empty({rows * width}, like.options());
   }
   return tensor.narrow(0, 0, rows * width).view({rows, width});
+}
+
+// Scratch for staging one expert's (rows, width) weight gradient, if small enough to be staged (else a stub).
+at::Tensor weight_scratch(size_t slot, int64_t rows, int64_t width, const at::Tensor& like) {
+  const bool small = rows * width * static_cast<int64_t>(sizeof(float)) <= kStagedBytes;
+  return small ? scratch(slot, rows, width, like) : scratch(slot, 1, 1, like);
 }
 
 // Large gradient buffers kept when freed, for the next backward pass to take. A parameter's gradient is a new
@@ -241,7 +332,7 @@ at::Tensor experts_forward(const at::Tensor& tokens, const std::optional<at::Ten
   auto make = [&]() {
     return std::vector<at::Tensor>{scratch(0, largest, dim, tokens), scratch(1, largest, width, tokens),
                                    scratch(2, largest, hidden_width, tokens),
-                                   scratch(9, direct ? largest : 1, out_width, tokens)};
+                                   scratch(9, largest, out_width, tokens)};
   };
   for_each_expert(static_cast<int64_t>(runs.size()), make, [&](std::vector<at::Tensor>& buffers, int64_t i) {
     const at::Tensor &x_buffer = buffers[0], &hidden_buffer = buffers[1], &activated_buffer = buffers[2];
@@ -250,18 +341,25 @@ at::Tensor experts_forward(const at::Tensor& tokens, const std::optional<at::Ten
       const int64_t n = run.stop - run.start, e = run.expert;
       at::Tensor rows = index.narrow(0, run.start, n);
       at::Tensor x = x_buffer.narrow(0, 0, n);
-      at::index_select_out(x, tokens, 0, rows);
-      at::Tensor hidden = saved.has_value() ? saved->narrow(0, run.start, n) : hidden_buffer.narrow(0, 0, n);
+      gather(tokens, rows, x);
+      std::optional<at::Tensor> keep;
+      if (saved.has_value()) keep = saved->narrow(0, run.start, n);
+      at::Tensor hidden = keep.has_value() ? staged(*keep, hidden_buffer) : hidden_buffer.narrow(0, 0, n);
       at::mm_out(hidden, x, w_in[e]);
       if (b_in.has_value()) hidden.add_((*b_in)[e]);
+      if (keep.has_value()) flush(hidden, *keep);
       at::Tensor activated = activated_buffer.narrow(0, 0, n);
       activate(kind, hidden, activated);
       if (scale_activated) activated.mul_(weights->narrow(0, run.start, n).unsqueeze(1));
-      at::Tensor output = direct ? output_buffer.narrow(0, 0, n) : outputs->narrow(0, run.start, n);
+      at::Tensor output = output_buffer.narrow(0, 0, n);
       at::mm_out(output, activated, w_out[e]);
       if (b_out.has_value()) output.add_((*b_out)[e]);
       if (weights.has_value() && !scale_activated) output.mul_(weights->narrow(0, run.start, n).unsqueeze(1));
-      if (direct) result.index_add_(0, rows, output);
+      if (direct) {
+        result.index_add_(0, rows, output);
+      } else {
+        flush(output, outputs->narrow(0, run.start, n));
+      }
     }
   });
   if (!direct) combine(*outputs, index, result);
@@ -309,17 +407,20 @@ std::vector<std::optional<at::Tensor>> experts_backward(
                                    scratch(7, largest, hidden_width, tokens),
                                    scratch(8, largest, width, tokens),
                                    scratch(0, largest, dim, tokens),
-                                   scratch(10, direct && need_tokens ? largest : 1, dim, tokens)};
+                                   scratch(10, need_tokens ? largest : 1, dim, tokens),
+                                   weight_scratch(11, dim, width, tokens),
+                                   weight_scratch(12, hidden_width, out_width, tokens)};
   };
   for_each_expert(static_cast<int64_t>(runs.size()), make, [&](std::vector<at::Tensor>& buffers, int64_t i) {
     const at::Tensor &grad_output_buffer = buffers[0], &activated_buffer = buffers[1], &silu_buffer = buffers[2];
     const at::Tensor &grad_activated_buffer = buffers[3], &product_buffer = buffers[4];
     const at::Tensor &grad_hidden_buffer = buffers[5], &x_buffer = buffers[6], &grad_x_buffer = buffers[7];
+    const at::Tensor &grad_w_in_buffer = buffers[8], &grad_w_out_buffer = buffers[9];
     for (const Run& run : runs[i]) {
       const int64_t n = run.stop - run.start, e = run.expert;
       at::Tensor rows = index.narrow(0, run.start, n);
       at::Tensor grad_output = grad_output_buffer.narrow(0, 0, n);
-      at::index_select_out(grad_output, grad_result, 0, rows);
+      gather(grad_result, rows, grad_output);
       at::Tensor hidden = saved.narrow(0, run.start, n);
       at::Tensor activated = activated_buffer.narrow(0, 0, n), silu = silu_buffer.narrow(0, 0, n);
       activate(kind, hidden, activated, &silu);
@@ -338,12 +439,14 @@ std::vector<std::optional<at::Tensor>> experts_backward(
         grad_activated.mul_(scale->unsqueeze(1));
         (scale_activated ? activated : grad_output).mul_(scale->unsqueeze(1));
       }
-      at::Tensor grad_out = grad_w_out[e];
+      const at::Tensor grad_out_target = grad_w_out[e];
+      at::Tensor grad_out = run.first && run.last ? staged(grad_out_target, grad_w_out_buffer) : grad_out_target;
       if (run.first) {
         at::mm_out(grad_out, activated.t(), grad_output);
       } else {
         grad_out.addmm_(activated.t(), grad_output);
       }
+      flush(grad_out, grad_out_target);
       if (grad_b_out.has_value()) {
         at::Tensor bias = scale.has_value() && scale_activated ? at::mv(grad_output.t(), *scale) : grad_output.sum(0);
         if (run.first) {
@@ -375,17 +478,23 @@ std::vector<std::optional<at::Tensor>> experts_backward(
         }
       }
       at::Tensor x = x_buffer.narrow(0, 0, n);
-      at::index_select_out(x, tokens, 0, rows);
-      at::Tensor grad_in = grad_w_in[e];
+      gather(tokens, rows, x);
+      const at::Tensor grad_in_target = grad_w_in[e];
+      at::Tensor grad_in = run.first && run.last ? staged(grad_in_target, grad_w_in_buffer) : grad_in_target;
       if (run.first) {
         at::mm_out(grad_in, x.t(), grad_hidden);
       } else {
         grad_in.addmm_(x.t(), grad_hidden);
       }
+      flush(grad_in, grad_in_target);
       if (need_tokens) {
-        at::Tensor grad_x = direct ? grad_x_buffer.narrow(0, 0, n) : grad_pairs->narrow(0, run.start, n);
+        at::Tensor grad_x = grad_x_buffer.narrow(0, 0, n);
         at::mm_out(grad_x, grad_hidden, w_in[e].t());
-        if (direct) grad_tokens->index_add_(0, rows, grad_x);
+        if (direct) {
+          grad_tokens->index_add_(0, rows, grad_x);
+        } else {
+          flush(grad_x, grad_pairs->narrow(0, run.start, n));
+        }
       }
     }
   });
@@ -393,8 +502,26 @@ std::vector<std::optional<at::Tensor>> experts_backward(
   return {grad_tokens, grad_weights, grad_w_in, grad_w_out, grad_b_in, grad_b_out};
 }
 
+// The largest of v[0 .. n) (-inf for n = 0); v holds no NaN.
+float largest(const float* v, int64_t n) {
+  float best = -std::numeric_limits<float>::infinity();
+  int64_t i = 0;
+#if defined(__SSE2__)
+  __m128 lanes = _mm_set1_ps(best);
+  for (; i + 4 <= n; i += 4) lanes = _mm_max_ps(lanes, _mm_loadu_ps(v + i));
+  alignas(16) float held[4];
+  _mm_store_ps(held, lanes);
+  best = std::max(std::max(held[0], held[1]), std::max(held[2], held[3]));
+#endif
+  for (; i < n; ++i) best = std::max(best, v[i]);
+  return best;
+}
+
 // The k largest entries of each row of scores (T, N) + bias (N, if given), largest first; of equal values the
-// lower index first. The sum is rounded to float32 as torch's scores + bias would be.
+// lower index first; NaN counts as -inf. The sum is rounded to float32 as torch's scores + bias
+// would be. Each of the k picks is one vector pass for the largest value left and a scan for its first
+// index: no data-dependent branches in the passes (an insertion into a sorted list mispredicts about
+// k ln(N / k) times a row, for random scores, and took twice as long).
 at::Tensor top_k(const at::Tensor& scores, const std::optional<at::Tensor>& bias, int64_t k) {
   TORCH_CHECK(scores.scalar_type() == at::kFloat && scores.dim() == 2, "scores must be a float32 matrix");
   TORCH_CHECK(k >= 1 && k <= scores.size(1), "k must be between 1 and ", scores.size(1), ", got ", k);
@@ -409,26 +536,26 @@ at::Tensor top_k(const at::Tensor& scores, const std::optional<at::Tensor>& bias
   at::Tensor chosen = at::empty({rows, k}, values.options().dtype(at::kLong));
   const float* score = values.data_ptr<float>();
   int64_t* pick = chosen.data_ptr<int64_t>();
+  constexpr float kNone = -std::numeric_limits<float>::infinity();
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    std::vector<float> best(k);
+    std::vector<float> left(n);        // a row's values not yet picked (picked ones: -inf)
+    std::vector<char> taken(n, 0);
     for (int64_t t = begin; t < end; ++t) {
       const float* row = score + t * n;
       int64_t* out = pick + t * k;
-      int64_t held = 0;
-      float threshold = 0.0f;  // best[k - 1] once k are held: the value to beat
       for (int64_t i = 0; i < n; ++i) {
         const float value = row[i] + shift[i];
-        if (held == k && !(value > threshold)) continue;
-        int64_t slot = held < k ? held++ : k - 1;
-        while (slot > 0 && value > best[slot - 1]) {
-          best[slot] = best[slot - 1];
-          out[slot] = out[slot - 1];
-          --slot;
-        }
-        best[slot] = value;
-        out[slot] = i;
-        threshold = best[k - 1];
+        left[i] = value != value ? kNone : value;
       }
+      for (int64_t j = 0; j < k; ++j) {
+        const float best = largest(left.data(), n);
+        int64_t i = 0;
+        while (left[i] != best || taken[i]) ++i;  // found: best is one of the values not yet taken
+        out[j] = i;
+        taken[i] = 1;
+        left[i] = kNone;
+      }
+      for (int64_t j = 0; j < k; ++j) taken[out[j]] = 0;
     }
   });
   return chosen;
