@@ -114,7 +114,7 @@ void for_each_expert(int64_t count, const Make& make, const Body& body) {
 }
 
 constexpr int64_t kLine = 64 / sizeof(float);  // floats per cache line
-constexpr int64_t kAhead = 4;                    // rows (or tokens) fetched ahead of the one being read
+constexpr int64_t kAhead = 4;                    // rows fetched ahead of the one being read
 
 // Asks for the cache lines of width floats at row before they are read. The rows a gather or the combine
 // reads are scattered, too many streams at once for the hardware prefetcher; asking a few rows ahead turns
@@ -189,34 +189,52 @@ void flush(const at::Tensor& staged, const at::Tensor& target) {
   fence();
 }
 
-// out[t] = the sum of pairs[p] over the pairs p with index[p] = t, added in increasing p (the order of
-// layer.py's index_add_); a token without pairs gets zeros. Parallel over tokens, so the same for any number
-// of threads.
-void combine(const at::Tensor& pairs, const at::Tensor& index, at::Tensor& out) {
-  TORCH_CHECK(index.scalar_type() == at::kLong, "index must be int64, got ", index.scalar_type());
-  TORCH_CHECK(pairs.scalar_type() == at::kFloat && pairs.is_contiguous(), "pairs must be contiguous float32");
-  const at::Tensor rows = index.contiguous();
-  const int64_t tokens = out.size(0), width = out.size(1), count = rows.size(0);
-  const int64_t* row_of = rows.data_ptr<int64_t>();
-  std::vector<int64_t> offsets(tokens + 1, 0), by_token(count);
-  for (int64_t p = 0; p < count; ++p) {
-    TORCH_CHECK(row_of[p] >= 0 && row_of[p] < tokens, "index ", row_of[p], " is out of range for ", tokens, " rows");
-    ++offsets[row_of[p] + 1];
+// Where each pair's output goes in a workspace ordered by token: token t's pairs, in pair order, fill rows
+// offsets[t] .. offsets[t+1]-1, pair p row slot[p]. Written row by row as the experts finish, such a
+// workspace is read by the combine from start to end, which the hardware prefetcher follows (the pairs'
+// own order scatters each token's rows over k of E expert blocks).
+struct Slots {
+  std::vector<int64_t> offsets, slot;
+
+  Slots(const at::Tensor& index, int64_t tokens) : offsets(tokens + 1, 0), slot(index.size(0)) {
+    TORCH_CHECK(index.scalar_type() == at::kLong && index.is_contiguous(), "index must be contiguous int64");
+    const int64_t* row_of = index.data_ptr<int64_t>();
+    const int64_t count = index.size(0);
+    for (int64_t p = 0; p < count; ++p) {
+      TORCH_CHECK(row_of[p] >= 0 && row_of[p] < tokens, "index ", row_of[p], " is out of range for ", tokens,
+                  " rows");
+      ++offsets[row_of[p] + 1];
+    }
+    for (int64_t t = 0; t < tokens; ++t) offsets[t + 1] += offsets[t];
+    std::vector<int64_t> next(offsets.begin(), offsets.end() - 1);
+    for (int64_t p = 0; p < count; ++p) slot[p] = next[row_of[p]]++;
   }
-  for (int64_t t = 0; t < tokens; ++t) offsets[t + 1] += offsets[t];
-  std::vector<int64_t> next(offsets.begin(), offsets.end() - 1);
-  for (int64_t p = 0; p < count; ++p) by_token[next[row_of[p]]++] = p;
-  const float* source = pairs.data_ptr<float>();
+};
+
+// Streams rows 0 .. n-1 of rows (n, width) to the workspace rows of pairs first .. first+n-1.
+void to_slots(const at::Tensor& rows, const Slots& slots, int64_t first, const at::Tensor& workspace) {
+  const int64_t n = rows.size(0), width = rows.size(1);
+  const float* from = rows.data_ptr<float>();
+  float* to = workspace.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) stream(to + slots.slot[first + i] * width, from + i * width, width);
+  fence();
+}
+
+// out[t] = the sum of token t's rows of the workspace, added in order (pair order: the order of layer.py's
+// index_add_); a token without pairs gets zeros. Parallel over tokens, so the same for any number of threads.
+void combine(const at::Tensor& workspace, const Slots& slots, at::Tensor& out) {
+  TORCH_CHECK(workspace.scalar_type() == at::kFloat && workspace.is_contiguous(), "workspace must be contiguous "
+              "float32");
+  const int64_t tokens = out.size(0), width = out.size(1);
+  const float* source = workspace.data_ptr<float>();
   float* target = out.data_ptr<float>();
   at::parallel_for(0, tokens, 64, [&](int64_t begin, int64_t end) {
     std::vector<float> sum(width);  // a token's row is summed here, in cache, and then streamed out
     float* row = sum.data();
     for (int64_t t = begin; t < end; ++t) {
-      if (t + kAhead < end)
-        for (int64_t q = offsets[t + kAhead]; q < offsets[t + kAhead + 1]; ++q) fetch(source + by_token[q] * width, width);
       std::fill(row, row + width, 0.0f);
-      for (int64_t q = offsets[t]; q < offsets[t + 1]; ++q) {
-        const float* add = source + by_token[q] * width;
+      for (int64_t q = slots.offsets[t]; q < slots.offsets[t + 1]; ++q) {
+        const float* add = source + q * width;
         for (int64_t c = 0; c < width; ++c) row[c] += add[c];
       }
       stream(target + t * width, row, width);
@@ -313,7 +331,7 @@ class BufferPool {
 // The forward pass: returns the combined result (T, O); writes pre-activations into saved (P, W) if defined.
 // With direct (one thread at work, as layer.py's loop decides) the experts run in order and each run's
 // outputs are added into their tokens' rows at once, while in cache; else each pair's output goes to its
-// row of outputs (P, O) and the combine adds them up at the end.
+// row of outputs (P, O), ordered by token (Slots), and the combine adds them up at the end.
 at::Tensor experts_forward(const at::Tensor& tokens, const std::optional<at::Tensor>& weights, const at::Tensor& w_in,
                            const at::Tensor& w_out, const std::optional<at::Tensor>& b_in,
                            const std::optional<at::Tensor>& b_out, const at::Tensor& index,
@@ -325,6 +343,8 @@ at::Tensor experts_forward(const at::Tensor& tokens, const std::optional<at::Ten
   check_layout(w_in, index, starts, order);
   TORCH_CHECK(direct || outputs.has_value(), "outputs are needed unless direct");
   const bool scale_activated = weights.has_value() && !b_out.has_value() && hidden_width < out_width;
+  std::optional<Slots> slots;
+  if (!direct) slots.emplace(index.contiguous(), tokens.size(0));
   const auto runs = plan_runs(starts, in_turn(order, direct), chunk);
   const int64_t largest = largest_run(runs);
   at::Tensor result = direct ? at::zeros({tokens.size(0), out_width}, tokens.options())
@@ -358,11 +378,11 @@ at::Tensor experts_forward(const at::Tensor& tokens, const std::optional<at::Ten
       if (direct) {
         result.index_add_(0, rows, output);
       } else {
-        flush(output, outputs->narrow(0, run.start, n));
+        to_slots(output, *slots, run.start, *outputs);
       }
     }
   });
-  if (!direct) combine(*outputs, index, result);
+  if (!direct) combine(*outputs, *slots, result);
   return result;
 }
 
@@ -395,6 +415,8 @@ std::vector<std::optional<at::Tensor>> experts_backward(
   }
   const bool scale_activated = hidden_width <= out_width;  // scale the narrower factor of the w_out gradient
   TORCH_CHECK(direct || !need_tokens || grad_pairs.has_value(), "grad_pairs are needed unless direct");
+  std::optional<Slots> slots;
+  if (need_tokens && !direct) slots.emplace(index.contiguous(), tokens.size(0));
   const auto runs = plan_runs(starts, in_turn(order, direct), chunk);
   const int64_t largest = largest_run(runs);
   std::optional<at::Tensor> grad_tokens;
@@ -493,12 +515,12 @@ std::vector<std::optional<at::Tensor>> experts_backward(
         if (direct) {
           grad_tokens->index_add_(0, rows, grad_x);
         } else {
-          flush(grad_x, grad_pairs->narrow(0, run.start, n));
+          to_slots(grad_x, *slots, run.start, *grad_pairs);
         }
       }
     }
   });
-  if (need_tokens && !direct) combine(*grad_pairs, index, *grad_tokens);
+  if (need_tokens && !direct) combine(*grad_pairs, *slots, *grad_tokens);
   return {grad_tokens, grad_weights, grad_w_in, grad_w_out, grad_b_in, grad_b_out};
 }
 
