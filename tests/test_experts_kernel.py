@@ -198,3 +198,15 @@ def test_a_first_call_in_inference_mode_leaves_later_training_calls_working(
         trained = moe(x.clone().requires_grad_(True))
         trained.sum().backward()
         assert torch.equal(inferred, trained.detach())
+
+
+def test_using_swaps_the_kernel_inside_the_block_only(compiled) -> None:
+    """A benchmark's earlier build of the kernel serves the experts inside ``using`` and the kernel is back
+    after it, also when the block raises."""
+    stand_in = object()
+    with cpu_kernel.using(stand_in):
+        assert cpu_kernel.kernel() is stand_in
+    assert cpu_kernel.kernel() is compiled
+    with pytest.raises(KeyError), cpu_kernel.using(stand_in):
+        raise KeyError("inside")
+    assert cpu_kernel.kernel() is compiled

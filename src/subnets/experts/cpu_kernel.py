@@ -17,6 +17,8 @@ import platform
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -26,6 +28,7 @@ SOURCE = Path(__file__).with_name("csrc") / "experts_cpu.cpp"
 SWITCH = "SUBNETS_EXPERTS_KERNEL"
 _LOCK = threading.Lock()
 _loaded: dict[str, ModuleType | None] = {}
+_UNSET = object()
 
 
 def build_directory() -> Path:
@@ -53,28 +56,53 @@ def kernel() -> ModuleType | None:
         return _loaded["module"]
 
 
-def _build() -> ModuleType | None:
-    path = os.environ.get("PATH")
+@contextmanager
+def using(module: ModuleType) -> Iterator[None]:
+    """Runs the experts through ``module`` (a build of another version of the source, from
+    :func:`compile_source`) instead of this kernel inside the block: for benchmarks that compare kernel
+    versions in one process."""
+    with _LOCK:
+        before = _loaded.get("module", _UNSET)
+        _loaded["module"] = module
     try:
-        from torch.utils.cpp_extension import load
+        yield
+    finally:
+        with _LOCK:
+            if before is _UNSET:
+                _loaded.pop("module", None)
+            else:
+                _loaded["module"] = before
 
-        folder = build_directory()
-        folder.mkdir(parents=True, exist_ok=True)
-        if not any(folder.glob("*.so")):
-            print(f"subnets: compiling the CPU experts kernel into {folder} (once, about 30 s)", file=sys.stderr)
-        os.environ["PATH"] = os.pathsep.join([*_ninja_folder(), *([path] if path else [])])
-        return load(name="subnets_experts_cpu", sources=[str(SOURCE)], build_directory=str(folder),
-                    extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as error:  # no compiler, no ninja, an unwritable cache: the Python loop still works
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        warnings.warn(f"subnets: the CPU experts kernel could not be built ({reason}); using the Python loop. "
-                      f"Set {SWITCH}=python to skip trying.", RuntimeWarning, stacklevel=3)
-        return None
+
+def compile_source(source: Path, name: str, folder: Path) -> ModuleType:
+    """Compiles the kernel ``source`` as extension ``name`` in ``folder`` (torch's extension builder, with the
+    PyPI ninja's folder on PATH) and loads it; raises if it cannot."""
+    from torch.utils.cpp_extension import load
+
+    path = os.environ.get("PATH")
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["PATH"] = os.pathsep.join([*_ninja_folder(), *([path] if path else [])])
+    try:
+        return load(name=name, sources=[str(source)], build_directory=str(folder), extra_cflags=["-O3", "-fopenmp"],
+                    extra_ldflags=["-fopenmp"], verbose=False)
     finally:
         if path is None:
             os.environ.pop("PATH", None)
         else:
             os.environ["PATH"] = path
+
+
+def _build() -> ModuleType | None:
+    try:
+        folder = build_directory()
+        if not (folder.is_dir() and any(folder.glob("*.so"))):
+            print(f"subnets: compiling the CPU experts kernel into {folder} (once, about 30 s)", file=sys.stderr)
+        return compile_source(SOURCE, "subnets_experts_cpu", folder)
+    except Exception as error:  # no compiler, no ninja, an unwritable cache: the Python loop still works
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        warnings.warn(f"subnets: the CPU experts kernel could not be built ({reason}); using the Python loop. "
+                      f"Set {SWITCH}=python to skip trying.", RuntimeWarning, stacklevel=3)
+        return None
 
 
 def _ninja_folder() -> list[str]:

@@ -4,9 +4,11 @@
 //
 // Each function is the same sequence of ATen operators as the Python loop in subnets/experts/layer.py
 // (_ExpertsFunction), run for the same runs of pairs and, with one thread, adding each run's outputs as it
-// goes as the loop does then, so the two give bit-identical results; this one
-// avoids that loop's interpreter and lock overhead per operator (the loop pays them ~20 times per expert) and
-// starts its threads without waiting for torch's OpenMP threads to stop spinning.
+// goes as the loop does then, so the two give bit-identical results; this one avoids that loop's
+// interpreter and lock overhead per operator (the loop pays them ~20 times per expert) and starts its
+// threads without waiting for torch's OpenMP threads to stop spinning. It also moves less memory than the
+// loop: results read once, much later, are computed in cache and streamed out past it, the pair workspace
+// is ordered by token for the combine, and scattered rows are fetched ahead of their reads.
 //
 // Layout: pair p (pairs sorted by expert) reads row index[p] of tokens; expert e owns pairs
 // starts[e] .. starts[e+1]-1.
@@ -15,9 +17,12 @@
 #include <c10/util/accumulate.h>
 #include <torch/extension.h>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstring>
-#include <immintrin.h>
 #include <exception>
 #include <limits>
 #include <mutex>
@@ -116,9 +121,9 @@ void for_each_expert(int64_t count, const Make& make, const Body& body) {
 constexpr int64_t kLine = 64 / sizeof(float);  // floats per cache line
 constexpr int64_t kAhead = 4;                    // rows fetched ahead of the one being read
 
-// Asks for the cache lines of width floats at row before they are read. The rows a gather or the combine
-// reads are scattered, too many streams at once for the hardware prefetcher; asking a few rows ahead turns
-// each row's miss latency into bandwidth.
+// Asks for the cache lines of width floats at row before they are read. The rows a gather reads are
+// scattered, each a new stream for the hardware prefetcher; asking a few rows ahead turns each row's miss
+// latency into bandwidth.
 inline void fetch(const float* row, int64_t width) {
   for (int64_t c = 0; c < width; c += kLine) __builtin_prefetch(row + c);
 }
@@ -143,9 +148,9 @@ void gather(const at::Tensor& source, const at::Tensor& rows, at::Tensor& target
   }
 }
 
-// Results bound for memory that is read once, much later (the pair workspace, the saved pre-activations,
-// the weight gradients): computing them in place would read every line in before writing it and push the
-// tokens and outputs the next experts need out of the shared cache. staged(target, buffer) says where to
+// Results bound for memory that is read once, much later (the saved pre-activations, an expert's weight
+// gradients; the pair workspace likewise, see to_slots): computing them in place would read every line in
+// before writing it and push the tokens the next experts gather out of the shared cache. staged(target, buffer) says where to
 // compute such a result, buffer (a scratch in cache, as large) or target itself; flush(staged, target) then
 // streams it out to target with stores that skip the caches. The buffer is used only where it and target
 // start at the same offset within a 64-byte line, contiguous float32: MKL's products round alike there, so
