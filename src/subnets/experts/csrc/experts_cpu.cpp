@@ -194,6 +194,28 @@ void flush(const at::Tensor& staged, const at::Tensor& target) {
   fence();
 }
 
+// An expert's gradient over its runs: the first run sets target to value, later runs add theirs.
+void accumulate(const at::Tensor& target, const Run& run, const at::Tensor& value) {
+  if (run.first) {
+    target.copy_(value);
+  } else {
+    target.add_(value);
+  }
+}
+
+// An expert's weight gradient over its runs, a @ b for each: the first run writes target (computed in
+// buffer and streamed out where it is the expert's only run, see staged), later runs add to it.
+void accumulate_product(const at::Tensor& target, const Run& run, const at::Tensor& buffer, const at::Tensor& a,
+                        const at::Tensor& b) {
+  at::Tensor product = run.first && run.last ? staged(target, buffer) : target;
+  if (run.first) {
+    at::mm_out(product, a, b);
+  } else {
+    product.addmm_(a, b);
+  }
+  flush(product, target);
+}
+
 // Where each pair's output goes in a workspace ordered by token: token t's pairs, in pair order, fill rows
 // offsets[t] .. offsets[t+1]-1, pair p row slot[p]. Written row by row as the experts finish, such a
 // workspace is read by the combine from start to end, which the hardware prefetcher follows (the pairs'
@@ -466,21 +488,10 @@ std::vector<std::optional<at::Tensor>> experts_backward(
         grad_activated.mul_(scale->unsqueeze(1));
         (scale_activated ? activated : grad_output).mul_(scale->unsqueeze(1));
       }
-      const at::Tensor grad_out_target = grad_w_out[e];
-      at::Tensor grad_out = run.first && run.last ? staged(grad_out_target, grad_w_out_buffer) : grad_out_target;
-      if (run.first) {
-        at::mm_out(grad_out, activated.t(), grad_output);
-      } else {
-        grad_out.addmm_(activated.t(), grad_output);
-      }
-      flush(grad_out, grad_out_target);
+      accumulate_product(grad_w_out[e], run, grad_w_out_buffer, activated.t(), grad_output);
       if (grad_b_out.has_value()) {
-        at::Tensor bias = scale.has_value() && scale_activated ? at::mv(grad_output.t(), *scale) : grad_output.sum(0);
-        if (run.first) {
-          (*grad_b_out)[e].copy_(bias);
-        } else {
-          (*grad_b_out)[e].add_(bias);
-        }
+        accumulate((*grad_b_out)[e], run,
+                   scale.has_value() && scale_activated ? at::mv(grad_output.t(), *scale) : grad_output.sum(0));
       }
       at::Tensor grad_hidden = grad_hidden_buffer.narrow(0, 0, n);
       if (kind == kSwiglu) {
@@ -496,24 +507,10 @@ std::vector<std::optional<at::Tensor>> experts_backward(
       } else {
         at::threshold_backward_out(grad_hidden, grad_activated, hidden, 0);
       }
-      if (grad_b_in.has_value()) {
-        at::Tensor bias = grad_hidden.sum(0);
-        if (run.first) {
-          (*grad_b_in)[e].copy_(bias);
-        } else {
-          (*grad_b_in)[e].add_(bias);
-        }
-      }
+      if (grad_b_in.has_value()) accumulate((*grad_b_in)[e], run, grad_hidden.sum(0));
       at::Tensor x = x_buffer.narrow(0, 0, n);
       gather(tokens, rows, x);
-      const at::Tensor grad_in_target = grad_w_in[e];
-      at::Tensor grad_in = run.first && run.last ? staged(grad_in_target, grad_w_in_buffer) : grad_in_target;
-      if (run.first) {
-        at::mm_out(grad_in, x.t(), grad_hidden);
-      } else {
-        grad_in.addmm_(x.t(), grad_hidden);
-      }
-      flush(grad_in, grad_in_target);
+      accumulate_product(grad_w_in[e], run, grad_w_in_buffer, x.t(), grad_hidden);
       if (need_tokens) {
         at::Tensor grad_x = grad_x_buffer.narrow(0, 0, n);
         at::mm_out(grad_x, grad_hidden, w_in[e].t());
