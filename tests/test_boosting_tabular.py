@@ -176,7 +176,7 @@ def test_a_run_stores_every_unit_with_truncation_curves_reproducibly(tmp_path) -
     assert code == 0, stderr
     run_id = stdout.split()[1]
     view = json.loads(invoke("show", run_id, "--store", str(tmp_path / "a"), "--json")[1])
-    units = {f"{u['table']}/{u['method']}/{u['fold']}": u for u in view["levels"]}
+    units = {f"{u['table']}/{u['method']}/{u['fold']}": u for u in view["units"]}
     methods = ["boosted", "mlp-adam", "mlp-sgd", "mlp-lbfgs", "lightgbm", "xgboost", "hist-gb"]
     assert set(units) == {f"{t}/{m}/{f}" for t in ("breast_cancer", "diabetes") for m in methods for f in (0, 1)}
     boosted = units["breast_cancer/boosted/0"]
@@ -192,7 +192,7 @@ def test_a_run_stores_every_unit_with_truncation_curves_reproducibly(tmp_path) -
 
     code, stdout, _ = _run(tmp_path / "b", TINY)
     again = json.loads(invoke("show", stdout.split()[1], "--store", str(tmp_path / "b"), "--json")[1])
-    for unit in again["levels"]:
+    for unit in again["units"]:
         key = f"{unit['table']}/{unit['method']}/{unit['fold']}"
         assert unit["score"] == units[key]["score"], key
         assert unit.get("truncation") == units[key].get("truncation"), key

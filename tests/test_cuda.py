@@ -127,8 +127,8 @@ MOE_TINY = ["seeds=[0]", "train.length=60it", "train.eval_every=30it", "train.ba
 
 def test_moe_recipe_on_cuda_matches_cpu(tmp_path) -> None:
     recipe = ROOT / "recipes" / "moe-mnist.toml"
-    gpu = {u["variant"]: u for u in _run(recipe, tmp_path / "gpu", "cuda", MOE_TINY)["levels"]}
-    cpu = {u["variant"]: u for u in _run(recipe, tmp_path / "cpu", "cpu", MOE_TINY)["levels"]}
+    gpu = {u["variant"]: u for u in _run(recipe, tmp_path / "gpu", "cuda", MOE_TINY)["units"]}
+    cpu = {u["variant"]: u for u in _run(recipe, tmp_path / "cpu", "cpu", MOE_TINY)["units"]}
     assert set(gpu) == set(cpu)
     assert gpu["balanced"]["max_violation_end"] == 0.0
     for variant, unit in gpu.items():
@@ -139,7 +139,7 @@ def test_moefy_recipe_on_cuda(tmp_path) -> None:
     overrides = ["seeds=[0]", "train.length=150it", "train.eval_every=150it", 'moefy.layers=["fc2"]',
                  "moefy.experts=[4]", 'moefy.methods=["weights"]', "moefy.samples=300", "moefy.router_steps=30"]
     view = _run(ROOT / "recipes" / "moefy-mnist.toml", tmp_path / "runs", "cuda", overrides)
-    assert view["levels"]
+    assert view["units"]
 
 
 SPATIAL_CASES = [(name, dim, global_pool) for dim in (1, 2) for global_pool in (False, True)
@@ -200,8 +200,8 @@ def test_pooling_recipe_on_cuda_matches_cpu(tmp_path) -> None:
     overrides = ["seeds=[0]", 'pools=["max","gem","softpool","gated"]', "train.length=200it",
                  "train.eval_every=100it"]
     recipe = ROOT / "recipes" / "pooling-mnist1d.toml"
-    gpu = {u["pool"]: u for u in _run(recipe, tmp_path / "gpu", "cuda", overrides)["levels"]}
-    cpu = {u["pool"]: u for u in _run(recipe, tmp_path / "cpu", "cpu", overrides)["levels"]}
+    gpu = {u["pool"]: u for u in _run(recipe, tmp_path / "gpu", "cuda", overrides)["units"]}
+    cpu = {u["pool"]: u for u in _run(recipe, tmp_path / "cpu", "cpu", overrides)["units"]}
     for pool, unit in gpu.items():
         assert unit["test_acc"] == pytest.approx(cpu[pool]["test_acc"], abs=0.03), pool
 
@@ -224,8 +224,8 @@ def test_boosting_tabular_recipe_on_cuda_matches_cpu(tmp_path) -> None:
     overrides = ['tables=["breast_cancer","diabetes"]', "folds=2", 'methods=["boosted","mlp-adam","mlp-lbfgs"]',
                  "boosted.n_stages=3", "boosted.stage_steps=50", "mlp.steps=300", "mlp.lbfgs_iterations=50"]
     recipe = ROOT / "recipes" / "boosting-tabular.toml"
-    gpu = {(u["table"], u["method"], u["fold"]): u for u in _run(recipe, tmp_path / "gpu", "cuda", overrides)["levels"]}
-    cpu = {(u["table"], u["method"], u["fold"]): u for u in _run(recipe, tmp_path / "cpu", "cpu", overrides)["levels"]}
+    gpu = {(u["table"], u["method"], u["fold"]): u for u in _run(recipe, tmp_path / "gpu", "cuda", overrides)["units"]}
+    cpu = {(u["table"], u["method"], u["fold"]): u for u in _run(recipe, tmp_path / "cpu", "cpu", overrides)["units"]}
     assert set(gpu) == set(cpu)
     for key, unit in gpu.items():
         assert unit["score"] == pytest.approx(cpu[key]["score"], abs=0.05), key

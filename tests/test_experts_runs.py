@@ -28,7 +28,7 @@ def test_moe_run_records_diagnostics_every_step_and_resumes(tmp_path) -> None:
     assert code == 0, stderr
     run_id = stdout.split()[1]
     view = json.loads(invoke("show", run_id, "--store", str(store), "--json")[1])
-    units = {u["variant"]: u for u in view["levels"]}
+    units = {u["variant"]: u for u in view["units"]}
     assert set(units) == {"dense-active", "none", "loss-free", "balanced"}
     assert "diagnostics" not in units["dense-active"]
     assert units["balanced"]["max_violation_end"] == 0.0  # balanced assignment: equal loads in every batch
@@ -61,7 +61,7 @@ def test_moefy_run_measures_accuracy_against_active_experts(tmp_path) -> None:
     code, stdout, stderr = _run("moefy-mnist.toml", store, MOEFY_TINY)
     assert code == 0, stderr
     run_id = stdout.split()[1]
-    units = json.loads(invoke("show", run_id, "--store", str(store), "--json")[1])["levels"]
+    units = json.loads(invoke("show", run_id, "--store", str(store), "--json")[1])["units"]
     dense = next(u for u in units if u["step"] == "dense")
     split = next(u for u in units if u["step"] == "moefy")
     assert split["k"] == [1, 2, 3, 4] and split["all_active_agreement"] == 1.0

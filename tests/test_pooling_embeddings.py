@@ -139,7 +139,7 @@ def test_tiny_run_stores_resumes_and_reports(tmp_path, monkeypatch, one_thread) 
     code, stdout, stderr = _run(store, TINY)
     assert code == 0, stderr
     run_id = stdout.split()[1]
-    units = json.loads(invoke("show", run_id, "--store", str(store), "--json")[1])["levels"]
+    units = json.loads(invoke("show", run_id, "--store", str(store), "--json")[1])["units"]
     readouts = [u for u in units if u.get("step") == "readout"]
     assert len(readouts) == 4 + 3 * 2  # unlearned once, learned once per seed
     encoded = next(u for u in units if u.get("step") == "encode")

@@ -11,7 +11,7 @@ import torch
 from cli_invoke import invoke, run_recipe
 from scipy import stats
 
-from subnets.pooling.statistics import holm, paired_comparison
+from subnets.stats import holm, paired_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["seeds=[0,1,2]", 'pools=["max","gem","stochastic"]', "train.length=40it", "train.eval_every=20it",
@@ -24,7 +24,7 @@ def _run(store: Path, overrides: list[str], recipe: str = "pooling-mnist1d.toml"
 
 def _units(store: Path, run_id: str) -> dict[str, dict]:
     view = json.loads(invoke("show", run_id, "--store", str(store), "--json")[1])
-    return {f"{u['pool']}/s{u['seed']}": u for u in view["levels"]}
+    return {f"{u['pool']}/s{u['seed']}": u for u in view["units"]}
 
 
 def test_pooling_run_stores_every_pool_and_seed_reproducibly_and_resumes(tmp_path) -> None:
@@ -104,3 +104,27 @@ def test_holm_by_hand() -> None:
     # sorted 0.01, 0.02, 0.04 -> 3 x 0.01 = 0.03, 2 x 0.02 = 0.04, max(0.04, 1 x 0.04) = 0.04
     assert holm([0.04, 0.01, None, 0.02]) == pytest.approx([0.04, 0.03, None, 0.04])
     assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+def test_pooling_units_in_two_workers_equal_the_units_run_in_one_process(tmp_path) -> None:
+    """``--workers 2`` runs each training in a worker with one thread: the same numbers as one process with one
+    thread, bit for bit, and the store holds every unit once."""
+    overrides = ["seeds=[0,1]", 'pools=["max","gem"]', "train.length=30it", "train.eval_every=15it",
+                 "data.options.num_samples=600"]
+    code, stdout, stderr = run_recipe(ROOT / "recipes" / "pooling-mnist1d.toml", tmp_path / "one", overrides,
+                                      "--threads", "1")
+    assert code == 0, stderr
+    alone = _units(tmp_path / "one", stdout.split()[1])
+    code, stdout, stderr = run_recipe(ROOT / "recipes" / "pooling-mnist1d.toml", tmp_path / "two", overrides,
+                                      "--workers", "2", "--threads", "2")
+    assert code == 0, stderr
+    run_id = stdout.split()[1]
+    workers = _units(tmp_path / "two", run_id)
+    assert set(workers) == set(alone) and len(workers) == 4
+    for key, unit in alone.items():
+        assert (workers[key]["test_acc"], workers[key]["learned"], workers[key]["curve"]) == \
+            (unit["test_acc"], unit["learned"], unit["curve"]), key
+    from subnets.runs.store import Store
+
+    log = Store(tmp_path / "two").log_lines(run_id)
+    assert sum("test acc" in line for line in log) == 4

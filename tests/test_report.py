@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from subnets.runs.report import summarize_levels, write_report
+from subnets.runs.kinds.lottery import lottery_findings, summarize_levels
+from subnets.runs.report import write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = (
@@ -95,7 +96,7 @@ def test_lottery_report_writes_page_and_plots(tmp_path: Path) -> None:
     for level in range(4):
         for branch in ("imp", "reinit", "random_prune") if level else ("imp",):
             assert sum(f"<td>{level}</td><td>{branch}</td>" in row for row in rows) == 1
-    assert "51.2" in page and "98.05 ± 0.05" in page
+    assert "51.2" in page and "98.05 ± 0.07" in page  # sample std of two seeds 0.001 apart
     assert "ab" * 32 in page and "&quot;lenet300&quot;" in page
     assert "<script" not in page and not re.search(r"(src|href)='?\"?https?:", page)
     assert sorted(p.name for p in out.iterdir()) == sorted([*PLOTS, "index.html"])  # no temp files left
@@ -137,12 +138,13 @@ def test_summarize_levels_hand_numbers() -> None:
     imp = rows[1]
     assert imp["weights_remaining"] == pytest.approx(0.5)
     assert imp["test_acc_mean"] == pytest.approx(0.85)
-    assert imp["test_acc_std"] == pytest.approx(0.05)
+    assert imp["test_acc_std"] == pytest.approx(0.1 / 2**0.5)  # sample std (ddof=1), not 0.05
     assert imp["test_acc_end_mean"] == pytest.approx(0.75)
-    assert imp["test_acc_end_std"] == pytest.approx(0.05)
+    assert imp["test_acc_end_std"] == pytest.approx(0.1 / 2**0.5)
     assert imp["early_stop_iter_mean"] == pytest.approx(200)
     assert imp["n_seeds"] == 2
-    assert rows[0]["test_acc_std"] == 0 and rows[0]["n_seeds"] == 1
+    assert rows[0]["test_acc_std"] is None and rows[0]["n_seeds"] == 1  # no spread from one seed
+    assert imp["test_acc_by_seed"] == {0: 0.9, 1: 0.8}
     assert set(rows[0]) == {
         "level",
         "branch",
@@ -153,6 +155,7 @@ def test_summarize_levels_hand_numbers() -> None:
         "test_acc_end_std",
         "early_stop_iter_mean",
         "n_seeds",
+        "test_acc_by_seed",
     }
 
 
@@ -197,33 +200,36 @@ def test_run_name_is_escaped(tmp_path: Path) -> None:
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; co" in page
 
 
-def _row(level: int, branch: str, weights: float, acc: float, std: float = 0.0, stop: float = 3000) -> dict:
-    return {"level": level, "branch": branch, "weights_remaining": weights, "test_acc_mean": acc,
-            "test_acc_std": std, "early_stop_iter_mean": stop}
+def _row(level: int, branch: str, weights: float, accs: tuple[float, ...], stop: float = 3000) -> dict:
+    mean = sum(accs) / len(accs)
+    std = None if len(accs) < 2 else (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5
+    return {"level": level, "branch": branch, "weights_remaining": weights, "test_acc_mean": mean,
+            "test_acc_std": std, "early_stop_iter_mean": stop, "test_acc_by_seed": dict(enumerate(accs))}
 
 
 def test_lottery_findings_hold_and_fail_by_their_criteria() -> None:
-    from subnets.runs.report import lottery_findings
-
     rows = [
-        _row(0, "imp", 1.0, 0.980, stop=4000),
-        _row(3, "imp", 0.51, 0.982, stop=3000),
-        _row(7, "imp", 0.21, 0.984, stop=3500),
-        _row(7, "reinit", 0.21, 0.975),
-        _row(12, "imp", 0.069, 0.983, std=0.001),
-        _row(12, "reinit", 0.069, 0.970, std=0.002),
+        _row(0, "imp", 1.0, (0.980, 0.980, 0.980), stop=4000),
+        _row(3, "imp", 0.51, (0.982, 0.982, 0.982), stop=3000),
+        _row(7, "imp", 0.21, (0.984, 0.984, 0.984), stop=3500),
+        _row(7, "reinit", 0.21, (0.975, 0.975, 0.975)),
+        _row(12, "imp", 0.069, (0.982, 0.983, 0.984)),
+        _row(12, "reinit", 0.069, (0.969, 0.970, 0.972)),  # paired gaps 1.3, 1.3, 1.2 points
     ]
     match, reinit, early = lottery_findings(rows)
     assert match["holds"] is True and "21.0%: +0.40" in match["evidence"] and "6.9%: +0.30" in match["evidence"]
-    assert reinit["holds"] is True and "6.9%: +1.30 (std 0.20)" in reinit["evidence"]
+    assert reinit["holds"] is True and reinit["evidence"].startswith("6.9%: +1.27 (Holm p 0.00")
+    assert "paired t-test" in reinit["criterion"]
     assert early["holds"] is True and early["evidence"] == "51.0%: -1000; 21.0%: -500"
 
-    rows[4] = _row(12, "imp", 0.069, 0.978, std=0.001)  # 0.2 points below dense
-    rows[5] = _row(12, "reinit", 0.069, 0.970, std=0.005)  # gap 0.8 < 2 x 0.5
-    rows[2] = _row(7, "imp", 0.21, 0.984, stop=4500)  # later than dense
+    rows[4] = _row(12, "imp", 0.069, (0.977, 0.978, 0.979))  # 0.2 points below dense
+    rows[5] = _row(12, "reinit", 0.069, (0.960, 0.980, 0.970))  # gap 0.8 points, but not consistent over seeds
+    rows[2] = _row(7, "imp", 0.21, (0.984, 0.984, 0.984), stop=4500)  # later than dense
     match, reinit, early = lottery_findings(rows)
     assert (match["holds"], reinit["holds"], early["holds"]) == (False, False, False)
 
+    rows[4], rows[5] = _row(12, "imp", 0.069, (0.983,)), _row(12, "reinit", 0.069, (0.970,))
+    assert lottery_findings(rows)[1]["holds"] is None  # one seed: no test, no verdict
     assert [f["holds"] for f in lottery_findings(rows[1:])] == [None, None, None]  # no dense level
     assert lottery_findings(rows[:2])[1] == {**lottery_findings(rows[:2])[1], "holds": None,
                                              "evidence": "no level in range"}

@@ -1,4 +1,8 @@
-"""The ``subnets`` command: parses arguments, calls ``subnets.runs``, prints."""
+"""The ``subnets`` command: parses arguments, calls ``subnets.runs``, prints.
+
+Each verb imports what it needs when it runs (torch, a family, matplotlib), so ``--help``, usage errors,
+``list`` and ``show`` answer at once.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-import torch
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from subnets.data import DatasetUnavailable, dataset_info
-from subnets.runs.kind_pages import TABLES
-from subnets.runs.pages import markdown_table
-from subnets.runs.progress import BarProgress
+from subnets.runs.kinds import KindUnavailable
 from subnets.runs.recipe import RecipeError
-from subnets.runs.report import lottery_markdown, summarize_levels
-from subnets.runs.runner import default_store, report, run_recipe, show
+from subnets.runs.runner import default_store, report, run_recipe, show, table
 from subnets.runs.store import RunBusy, Store, UnknownRun
-from subnets.train import Execution, WorkerFailed
 
 USAGE_ERROR = 2
 out = Console(highlight=False, soft_wrap=True)
@@ -82,23 +80,34 @@ def run_command(recipe: Path, overrides: tuple[str, ...], store_path: Path | Non
                 threads: int | None, population_size: int, sparse_below: float, workers: int,
                 quiet: bool) -> None:
     """Run (or resume) RECIPE, then write its report."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    store = _store(store_path)
     if workers > 1 and population_size > 1:
         _fail("--workers and --population: choose one (each worker trains one network at a time)")
-    execution = Execution(population_size=population_size, sparse_below=sparse_below, workers=workers)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    store = _store(store_path)
+    execution = {"population_size": population_size, "sparse_below": sparse_below, "workers": workers}
     try:
         if quiet:
             identifier = run_recipe(recipe, list(overrides), store, device, execution=execution)
         else:
+            from subnets.runs.progress import BarProgress
+
             with BarProgress() as progress:
                 identifier = run_recipe(recipe, list(overrides), store, device, progress, execution)
         index = report(store, identifier)
-    except RecipeError as error:
+    except (RecipeError, KindUnavailable) as error:
         _fail(str(error))
-    except (DatasetUnavailable, RunBusy, WorkerFailed) as error:
+    except RunBusy as error:
         _fail(str(error), code=1)
+    except RuntimeError as error:
+        from subnets.data import DatasetUnavailable
+        from subnets.train import WorkerFailed
+
+        if isinstance(error, DatasetUnavailable | WorkerFailed):
+            _fail(str(error), code=1)
+        raise
     except KeyboardInterrupt:
         _fail("interrupted; run the same command again to resume", code=130)
     out.print(f"run {identifier} done; report: {index}")
@@ -124,7 +133,7 @@ def list_command(store_path: Path | None, as_json: bool) -> None:
 @click.argument("run")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout (stable format).")
-@click.option("--markdown", is_flag=True, help="A Markdown table (lottery: branches side by side, findings).")
+@click.option("--markdown", is_flag=True, help="The summary as Markdown (lottery: branches side by side, findings).")
 def show_command(run: str, store_path: Path | None, as_json: bool, markdown: bool) -> None:
     """Show a run (RUN is an id or a unique prefix of one)."""
     try:
@@ -134,31 +143,19 @@ def show_command(run: str, store_path: Path | None, as_json: bool, markdown: boo
     if as_json:
         click.echo(json.dumps(view))
         return
-    rows_of = TABLES.get(view["kind"])
     if markdown:
-        click.echo(markdown_table(rows_of(view["levels"])) if rows_of else lottery_markdown(view["levels"]), nl=False)
+        click.echo(table(view, markdown=True), nl=False)
         return
     out.print(f"[bold]{view['name']}[/bold] {view['id']} ({view['kind']}) status: {view['status']}")
     if view["error"]:
         out.print(f"error: {view['error']}")
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    if rows_of:
-        rows = rows_of(view["levels"])
-        for header in rows[0] if rows else ():
-            table.add_column(header, justify="right")
-        for row in rows:
-            table.add_row(*row.values())
-        out.print(table)
-        return
-    for header in ("level", "branch", "weights\n%", "test acc %\nat early stop", "test acc %\nat end",
-                   "early stop\niteration", "seeds"):
-        table.add_column(header, no_wrap=True, justify="left" if header == "branch" else "right")
-    for row in summarize_levels(view["levels"]):
-        table.add_row(str(row["level"]), row["branch"], f"{100 * row['weights_remaining']:.2f}",
-                      f"{100 * row['test_acc_mean']:.2f} ± {100 * row['test_acc_std']:.2f}",
-                      f"{100 * row['test_acc_end_mean']:.2f} ± {100 * row['test_acc_end_std']:.2f}",
-                      f"{row['early_stop_iter_mean']:.0f}", str(row["n_seeds"]))
-    out.print(table)
+    rows = table(view)
+    shown = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for header in rows[0] if rows else ():
+        shown.add_column(header, justify="right")
+    for row in rows:
+        shown.add_row(*row.values())
+    out.print(shown if rows else "no finished units yet")
 
 
 @cli.command("report")
@@ -184,6 +181,8 @@ def data_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def data_list(as_json: bool) -> None:
     """List the registered datasets and their options."""
+    from subnets.data import dataset_info
+
     info = dataset_info()
     if as_json:
         click.echo(json.dumps(info, indent=2))

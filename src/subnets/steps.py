@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -70,29 +71,64 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+Unit = Callable[[str, int], tuple[dict[str, Any], dict[str, Tensors]]]
+
+
+@dataclass(frozen=True)
+class UnitWorkers:
+    """Run independent units in ``count`` worker processes: ``make(progress)`` (picklable, e.g. a
+    ``functools.partial`` of a module-level function) builds the unit function in each worker."""
+
+    count: int
+    make: Callable[[Progress], Unit]
+
+
 def run_trainings(steps: StepStore, progress: Progress, task: str, variants: Sequence[str], seeds: Sequence[int],
-                  train: Callable[[str, int], tuple[dict[str, Any], dict[str, Tensors]]],
-                  describe: Callable[[dict[str, Any]], str]) -> list[dict[str, Any]]:
+                  train: Unit, describe: Callable[[dict[str, Any]], str],
+                  workers: UnitWorkers | None = None) -> list[dict[str, Any]]:
     """Run (or resume) one training per variant and seed (seeds outer), each stored as the step
     ``{variant}/s{seed}``; ``describe(result)`` is the log line after the key. Returns every step's result."""
     return run_units(steps, progress, task, [(variant, seed) for seed in seeds for variant in variants], train,
-                     describe)
+                     describe, workers)
 
 
-def run_units(steps: StepStore, progress: Progress, task: str, units: Sequence[tuple[str, int]],
-              train: Callable[[str, int], tuple[dict[str, Any], dict[str, Tensors]]],
-              describe: Callable[[dict[str, Any]], str]) -> list[dict[str, Any]]:
-    """Run (or resume) ``train(variant, seed)`` for each ``(variant, seed)`` of ``units`` in order, each stored as
-    the step ``{variant}/s{seed}``; ``describe(result)`` is the log line after the key. Returns every result."""
+def run_units(steps: StepStore, progress: Progress, task: str, units: Sequence[tuple[str, int]], train: Unit,
+              describe: Callable[[dict[str, Any]], str], workers: UnitWorkers | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) ``train(variant, seed)`` for each ``(variant, seed)`` of ``units``, each stored as the step
+    ``{variant}/s{seed}``; ``describe(result)`` is the log line after the key. Returns every result, in the order
+    of ``units``.
+
+    With ``workers`` of more than one process the units not yet stored run there, as many at once as there are
+    workers, and are stored here (one writer) as they finish; each unit's result is what the unit function gives
+    in a process with the worker's thread count.
+    """
     progress.start(task, len(units), f"trainings ({task} variant x seed)")
-    results = []
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    pending = []
     for variant, seed in units:
+        stored = steps.get_step(f"{variant}/s{seed}")
+        if stored is None:
+            pending.append((variant, seed))
+        else:
+            found[variant, seed] = stored[0]
+            progress.advance(task, 1, variant=variant, seed=seed)
+
+    def store(variant: str, seed: int, result: dict[str, Any], tensors: dict[str, Tensors]) -> None:
         key = f"{variant}/s{seed}"
-        found = steps.get_step(key)
-        if found is None:
-            found = train(variant, seed)
-            store_step(steps, progress, key, *found, f"{key}: {describe(found[0])}")
-        results.append(found[0])
+        store_step(steps, progress, key, result, tensors, f"{key}: {describe(result)}")
+        found[variant, seed] = result
         progress.advance(task, 1, variant=variant, seed=seed)
+
+    if workers is not None and workers.count > 1 and len(pending) > 1:
+        from subnets.train.workers import UnitPool
+
+        with UnitPool(min(workers.count, len(pending)), workers.make) as pool:
+            for variant, seed in pending:
+                pool.submit(variant, seed)
+            while pool.pending:
+                store(*pool.next_done())
+    else:
+        for variant, seed in pending:
+            store(variant, seed, *train(variant, seed))
     progress.finish(task)
-    return results
+    return [found[unit] for unit in units]

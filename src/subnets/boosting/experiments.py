@@ -167,6 +167,7 @@ class BoostingTabularExperiment:
         else:
             result, tensors = self._trees(table, rows, data, method, seed)
         return {"table": name, "method": method, "seed": fold, "fold": fold, "task": table.task,
+                "resampling": "fixed split" if table.split else "cross-validation",
                 "rows": {"fit": len(rows.fit), "val": len(rows.val), "test": len(rows.test)}, **result}, tensors
 
     def _boosted(self, table: Table, rows: Fold, data: tuple[np.ndarray, ...],

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -28,7 +29,7 @@ from subnets.experts.moefy import MoefiedFeedForward, block_inputs, find_site, m
 from subnets.models import build_model
 from subnets.progress import SILENT, Progress
 from subnets.specs import ExperimentSpec, ModelSpec
-from subnets.steps import StepStore, Tensors, derive_seed, run_trainings, store_step
+from subnets.steps import StepStore, Tensors, Unit, UnitWorkers, derive_seed, run_trainings, store_step
 from subnets.train import TrainConfig, evaluate, train
 
 DENSE_VARIANTS = ("dense-active", "dense-total")
@@ -137,10 +138,12 @@ def windowed(values: torch.Tensor, points: int = 60) -> tuple[list[int], torch.T
 
 
 class MoEExperiment:
-    """The steps of one ``moe`` recipe: every variant trained for every seed."""
+    """The steps of one ``moe`` recipe: every variant trained for every seed; with ``workers`` above one, that many
+    trainings at once in worker processes."""
 
-    def __init__(self, config: MoEConfig, data: Dataset, device: torch.device, progress: Progress = SILENT) -> None:
-        self.config, self.data, self.device, self.progress = config, data, device, progress
+    def __init__(self, config: MoEConfig, data: Dataset, device: torch.device, progress: Progress = SILENT,
+                 workers: int = 1) -> None:
+        self.config, self.data, self.device, self.progress, self.workers = config, data, device, progress, workers
         self.steps_total = config.train.iterations(len(data.y_train) // config.train.batch_size)
 
     def build(self, variant: str, seed: int) -> FeedForwardClassifier:
@@ -158,8 +161,9 @@ class MoEExperiment:
 
     def run(self, steps: StepStore) -> list[dict[str, Any]]:
         """Run (or resume) every variant and seed, storing each training as one step."""
+        workers = UnitWorkers(self.workers, partial(_moe_unit, self.config, self.data.to("cpu"), str(self.device)))
         return run_trainings(steps, self.progress, "moe", self.config.variants, self.config.seeds, self._train,
-                             self._describe)
+                             self._describe, workers)
 
     @staticmethod
     def _describe(result: dict[str, Any]) -> str:
@@ -199,6 +203,11 @@ class MoEExperiment:
         routing = moe.last_routing
         return {**load_diagnostics(routing, moe.num_experts),
                 "load": routing.load()[: moe.num_experts].tolist()}
+
+
+def _moe_unit(config: MoEConfig, data: Dataset, device: str, progress: Progress) -> Unit:
+    """The unit function of a worker process (see :class:`subnets.steps.UnitWorkers`)."""
+    return MoEExperiment(config, data.to(device), torch.device(device), progress)._train
 
 
 class MoefyExperimentSpec(BaseModel):

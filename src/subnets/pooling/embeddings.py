@@ -41,16 +41,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from scipy import stats
 from torch import nn
 
 from subnets.data.sentences import ParaphrasePair, load_paraphrase_records, sentences_source
 from subnets.models.minilm import MiniLM, load_minilm
 from subnets.pooling.factory import create_pool, pool_names
-from subnets.pooling.statistics import holm
 from subnets.pooling.tokens import MultiHeadAttentionPool
 from subnets.progress import SILENT, Progress
 from subnets.specs import Seeds
+from subnets.stats import bootstrap_interval, holm, paired_bootstrap_interval, paired_permutation_test
 from subnets.steps import StepStore, Tensors, derive_seed, store_step
 
 STATES = 7  # all-MiniLM-L6-v2's hidden states: the embedding layer's output and six transformer layers
@@ -307,31 +306,20 @@ def pair_scores(web_to_oeb: torch.Tensor, oeb_to_web: torch.Tensor) -> np.ndarra
     return ((web_to_oeb == 1).double() + (oeb_to_web == 1).double()).numpy() / 2
 
 
-def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(x - y, axis=axis)
-
-
 def paired_test(scores: np.ndarray, reference: np.ndarray, resamples: int, confidence: float,
                 seed: int) -> dict[str, float]:
     """``scores - reference`` over test pairs: the mean difference, a paired bootstrap percentile interval
-    and the two-sided p-value of a paired permutation test (random swaps within pairs)."""
+    and the two-sided p-value of a paired permutation test (random swaps within pairs), both drawn from one
+    generator seeded by ``seed`` (the test first)."""
     rng = np.random.default_rng(seed)
-    p = stats.permutation_test((scores, reference), _mean_difference, permutation_type="samples",
-                               n_resamples=resamples, vectorized=True, random_state=rng).pvalue
-    interval = stats.bootstrap((scores, reference), _mean_difference, paired=True, vectorized=True,
-                               n_resamples=resamples, confidence_level=confidence, method="percentile",
-                               random_state=rng).confidence_interval
-    return {"diff": float(np.mean(scores - reference)), "low": float(interval.low), "high": float(interval.high),
-            "p": float(p)}
+    p = paired_permutation_test(scores, reference, resamples, rng)
+    low, high = paired_bootstrap_interval(scores, reference, resamples, confidence, rng)
+    return {"diff": float(np.mean(scores - reference)), "low": low, "high": high, "p": p}
 
 
 def mean_interval(scores: np.ndarray, resamples: int, confidence: float, seed: int) -> list[float]:
     """A bootstrap percentile interval of the mean of per-pair ``scores`` (the test pairs' sampling error)."""
-    if np.all(scores == scores[0]):
-        return [float(scores[0])] * 2
-    interval = stats.bootstrap((scores,), np.mean, vectorized=True, n_resamples=resamples, confidence_level=confidence,
-                               method="percentile", random_state=np.random.default_rng(seed)).confidence_interval
-    return [float(interval.low), float(interval.high)]
+    return list(bootstrap_interval(scores, resamples, confidence, seed))
 
 
 def info_nce(left: torch.Tensor, right: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -8,6 +8,7 @@ from torch's global generator, seeded per training, so a resumed run reproduces 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -19,7 +20,7 @@ from subnets.pooling.factory import pool_names, swap_pooling
 from subnets.pooling.spatial import SpatialPool
 from subnets.progress import SILENT, Progress
 from subnets.specs import ExperimentSpec, ModelSpec
-from subnets.steps import StepStore, Tensors, derive_seed, run_trainings
+from subnets.steps import StepStore, Tensors, Unit, UnitWorkers, derive_seed, run_trainings
 from subnets.train import TrainConfig, train
 
 SPATIAL_POOLS = tuple(name for name in pool_names(2) if name != "spp")
@@ -52,11 +53,12 @@ class PoolingConfig(ExperimentSpec):
 
 
 class PoolingExperiment:
-    """The steps of one ``pooling`` recipe: ``{pool}/s{seed}``, one training each."""
+    """The steps of one ``pooling`` recipe: ``{pool}/s{seed}``, one training each; with ``workers`` above one, that
+    many trainings at once in worker processes."""
 
     def __init__(self, config: PoolingConfig, data: Dataset, device: torch.device,
-                 progress: Progress = SILENT) -> None:
-        self.config, self.data, self.device, self.progress = config, data, device, progress
+                 progress: Progress = SILENT, workers: int = 1) -> None:
+        self.config, self.data, self.device, self.progress, self.workers = config, data, device, progress, workers
         for pool in config.pools:  # a model without pools or a bad pool option fails here, before any training
             self.build(pool, config.seeds[0])
 
@@ -76,8 +78,10 @@ class PoolingExperiment:
 
     def run(self, steps: StepStore) -> list[dict[str, Any]]:
         """Run (or resume) every pool and seed, storing each training as one step."""
+        workers = UnitWorkers(self.workers, partial(_unit, self.config, self.data.to("cpu"), str(self.device)))
         return run_trainings(steps, self.progress, "pooling", self.config.pools, self.config.seeds, self._train,
-                             lambda result: f"test acc {100 * result['test_acc']:.2f}%, {result['seconds']:.1f}s")
+                             lambda result: f"test acc {100 * result['test_acc']:.2f}%, {result['seconds']:.1f}s",
+                             workers)
 
     def _train(self, pool: str, seed: int) -> tuple[dict[str, Any], dict[str, Tensors]]:
         model, swapped = self.build(pool, seed)
@@ -94,3 +98,8 @@ class PoolingExperiment:
                   "parameters": sum(p.numel() for p in model.parameters()), "learned": learned,
                   **outcome.summary()}
         return result, {"final": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def _unit(config: PoolingConfig, data: Dataset, device: str, progress: Progress) -> Unit:
+    """The unit function of a worker process (see :class:`subnets.steps.UnitWorkers`)."""
+    return PoolingExperiment(config, data.to(device), torch.device(device), progress)._train

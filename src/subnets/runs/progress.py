@@ -10,7 +10,8 @@ from subnets.progress import Progress
 
 
 class BarProgress(Progress):
-    """Draws one bar per task on stderr; finished inner tasks disappear, log lines stay."""
+    """Draws one bar per task on stderr; finished inner tasks disappear, log lines stay. Nothing is drawn before the
+    first task or log line, so a run that fails its checks prints only its error."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
@@ -19,15 +20,22 @@ class BarProgress(Progress):
             TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.console,
         )
         self.tasks: dict[str, int] = {}
+        self.drawing = False
 
     def __enter__(self) -> BarProgress:
-        self.bars.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bars.stop()
+        if self.drawing:
+            self.bars.stop()
+
+    def _draw(self) -> None:
+        if not self.drawing:
+            self.bars.start()
+            self.drawing = True
 
     def start(self, key: str, total: int, description: str = "") -> None:
+        self._draw()
         self.tasks[key] = self.bars.add_task(f"{key} {description}".strip(), total=total, info="")
 
     def advance(self, key: str, steps: int = 1, **metrics: float) -> None:
@@ -42,4 +50,5 @@ class BarProgress(Progress):
             self.bars.remove_task(task)
 
     def log(self, message: str) -> None:
+        self._draw()
         self.console.print(message, highlight=False)

@@ -1,4 +1,8 @@
-"""Recipes: TOML files validated by the experiment kind's pydantic model, with ``--set`` overrides."""
+"""Recipes: TOML files validated by the experiment kind's pydantic model, with ``--set`` overrides.
+
+Reading a recipe (TOML and overrides) and finding its kind import nothing heavy; validating it imports the
+kind's recipe model (and with it the family and torch).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+from subnets.runs.kinds import Kind, get_kind
 
-from subnets.runs.kinds import KINDS
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
 
 
 class RecipeError(ValueError):
@@ -56,6 +61,11 @@ def _error_line(error: ValidationError) -> str:
 
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> BaseModel:
     """Read, override and validate a recipe; every problem is a :class:`RecipeError`."""
+    return validate_recipe(read_recipe(path, overrides), str(path))
+
+
+def read_recipe(path: Path | str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The recipe at ``path`` as a dict with ``overrides`` applied, not yet validated."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -65,16 +75,27 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None) -> BaseMod
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise RecipeError(f"{path}: malformed TOML: {error}") from None
-    return validate_recipe(apply_overrides(raw, overrides or []), str(path))
+    return apply_overrides(raw, overrides or [])
+
+
+def recipe_kind(raw: dict[str, Any], origin: str = "recipe") -> Kind:
+    """The registered kind named by the recipe's ``kind`` field."""
+    name = raw.get("kind")
+    try:
+        return get_kind(str(name))
+    except KeyError:
+        from subnets.runs.kinds import kind_names
+
+        raise RecipeError(f"{origin}: kind: must be one of {', '.join(kind_names())} (got {name!r})") from None
 
 
 def validate_recipe(raw: dict[str, Any], origin: str = "recipe") -> BaseModel:
     """Validate a recipe dict with the model of its ``kind``."""
-    kind = raw.get("kind")
-    if kind not in KINDS:
-        raise RecipeError(f"{origin}: kind: must be one of {', '.join(sorted(KINDS))} (got {kind!r})")
+    from pydantic import ValidationError
+
+    config = recipe_kind(raw, origin).config
     try:
-        return KINDS[kind].config.model_validate(raw)
+        return config.model_validate(raw)
     except ValidationError as error:
         raise RecipeError(f"{origin}: {_error_line(error)}") from None
 

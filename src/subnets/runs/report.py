@@ -1,521 +1,34 @@
-"""HTML reports of runs: one ``index.html`` with summary tables and the PNG plots it shows.
+"""HTML reports of runs: one ``index.html`` with the kind's page and the PNG plots it shows.
 
 A report is rebuilt from the run store's plain dicts, so it can be written at any time, also for a run
 that is still going or was cut short (missing units and missing curves are skipped). Every file is
 written to a temporary name in the same folder and then renamed, so a killed report never leaves half
-a file behind. Pages are chosen by ``run["kind"]``; kinds without a page of their own get a generic one.
+a file behind. The page comes from the run's kind (:mod:`subnets.runs.kinds`); a run whose kind is not
+registered in this process gets a table of its units.
 """
 
 from __future__ import annotations
 
-import html
-import io
 import json
-import math
-import os
-import statistics
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import NullLocator  # noqa: E402
-
-BRANCH_ORDER = ("imp", "reinit", "random_prune")
-BRANCH_LABELS = {
-    "imp": "winning ticket (IMP)",
-    "reinit": "same mask, random reinit",
-    "random_prune": "random pruning",
-}
-_BRANCH_COLORS = {"imp": "C0", "reinit": "C1", "random_prune": "C2"}
-# Weights remaining (fractions) whose nearest levels get a training curve, as in Frankle & Carbin (2019).
-_CURVE_TARGETS = (1.0, 0.51, 0.21, 0.07, 0.036)
-_CURVE_COLORS = ("black", "#1f77b4", "#2ca02c", "#ff7f0e", "#d62728")  # one per target, densest first
-_DPI = 120
-
-Group = dict[tuple[int, str], list[dict[str, Any]]]
+from subnets.runs.kinds import get_kind
+from subnets.runs.pages import atomic_write, esc, unit_page
 
 
 def write_report(run: dict[str, Any], units: list[dict[str, Any]], out_dir: Path) -> Path:
     """Write the report of ``run`` (its page and plots) into ``out_dir`` and return the page's path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from subnets.runs.kind_pages import PAGES  # those pages import this module's helpers
-
-    body = {**_PAGES, **PAGES}.get(run.get("kind", ""), _generic_body)(run, units, out_dir)
+    try:
+        body = get_kind(run.get("kind", "")).page
+    except KeyError:
+        body = unit_page
     index = out_dir / "index.html"
-    _atomic_write(index, _page(run, body).encode("utf-8"))
+    atomic_write(index, _page(run, body(run, units, out_dir)).encode("utf-8"))
     return index
 
-
-def summarize_levels(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (level, branch) with means and population stds over seeds, sorted by level and branch.
-
-    Metrics that no unit of a group has are ``None``.
-    """
-    rows = []
-    for (level, branch), group in _group(units).items():
-        acc_mean, acc_std = _mean_std(_values(group, "test_acc"))
-        end_mean, end_std = _mean_std(_values(group, "test_acc_end"))
-        rows.append(
-            {
-                "level": level,
-                "branch": branch,
-                "weights_remaining": _mean_std(_values(group, "weights_remaining"))[0],
-                "test_acc_mean": acc_mean,
-                "test_acc_std": acc_std,
-                "test_acc_end_mean": end_mean,
-                "test_acc_end_std": end_std,
-                "early_stop_iter_mean": _mean_std(_values(group, "early_stop_iter"))[0],
-                "n_seeds": len({u.get("seed") for u in group}),
-            }
-        )
-    return rows
-
-
-def lottery_findings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The three LeNet findings of Frankle & Carbin (2019), checked on :func:`summarize_levels` rows.
-
-    Each finding is ``{"claim", "criterion", "measure", "evidence", "holds"}``; ``evidence`` lists the levels
-    the claim covers with their ``measure``, ``holds`` is True or False by the stated criterion, or None when
-    the run has no level in the claim's range (or no dense level).
-    """
-    by_key = {(r["level"], r["branch"]): r for r in rows}
-    dense = by_key.get((0, "imp"))
-    imp = [r for r in rows if r["branch"] == "imp" and r["level"] > 0 and r["test_acc_mean"] is not None]
-
-    def finding(claim: str, criterion: str, measure: str, checks: list[tuple[str, bool]]) -> dict[str, Any]:
-        holds = None if dense is None or not checks else all(ok for _, ok in checks)
-        evidence = "; ".join(text for text, _ in checks) or "no level in range"
-        return {"claim": claim, "criterion": criterion, "measure": measure, "evidence": evidence, "holds": holds}
-
-    def pct(row: dict[str, Any]) -> str:
-        return f"{_pct_label(row['weights_remaining'])}%"
-
-    matches, below, earlier = [], [], []
-    if dense is not None:
-        for r in imp:
-            gap = 100 * (r["test_acc_mean"] - dense["test_acc_mean"])
-            if 0.035 <= r["weights_remaining"] <= 0.215:
-                matches.append((f"{pct(r)}: {gap:+.2f}", gap >= -0.1))
-            if r["weights_remaining"] >= 0.205 and r["early_stop_iter_mean"] is not None:
-                shift = r["early_stop_iter_mean"] - dense["early_stop_iter_mean"]
-                earlier.append((f"{pct(r)}: {shift:+.0f}", shift <= 0))
-            reinit = by_key.get((r["level"], "reinit"))
-            if r["weights_remaining"] <= 0.075 and reinit is not None and reinit["test_acc_mean"] is not None:
-                gap = 100 * (r["test_acc_mean"] - reinit["test_acc_mean"])
-                spread = 100 * max(r["test_acc_std"] or 0.0, reinit["test_acc_std"] or 0.0)
-                below.append((f"{pct(r)}: {gap:+.2f} (std {spread:.2f})", gap > max(0.5, 2 * spread)))
-    return [
-        finding("Tickets with 21% or fewer of the weights (down to 3.6%) match or beat the dense network's "
-                "test accuracy.",
-                "at every such level, ticket mean test accuracy at early stop is at most 0.1 points below the "
-                "dense mean", "ticket minus dense, points", matches),
-        finding("The reinit control falls clearly below the tickets at 7% of the weights and fewer.",
-                "at every such level, ticket minus reinit mean test accuracy exceeds 0.5 points and twice the "
-                "larger std over seeds", "ticket minus reinit, points", below),
-        finding("Tickets reach their early-stop iteration no later than the dense network down to about 21%.",
-                "at every level with 21% or more of the weights, the ticket's mean early-stop iteration is at "
-                "most the dense one's", "ticket minus dense, iterations", earlier),
-    ]
-
-
-def lottery_markdown(units: list[dict[str, Any]]) -> str:
-    """A lottery run as Markdown: one row per level with every branch side by side, then the findings."""
-    rows = summarize_levels(units)
-    branches = sorted({r["branch"] for r in rows}, key=_branch_key)
-    by_key = {(r["level"], r["branch"]): r for r in rows}
-    head = (["level", "weights %"] + [f"{b} test acc %" for b in branches]
-            + [f"{b} early stop (it)" for b in branches] + ["seeds"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
-    for level in sorted({r["level"] for r in rows}):
-        cells = [by_key.get((level, b)) for b in branches]
-        present = [c for c in cells if c is not None]
-        accs = ["" if c is None else _fmt_acc(c["test_acc_mean"], c["test_acc_std"]) for c in cells]
-        stops = ["" if c is None or c["early_stop_iter_mean"] is None else f"{c['early_stop_iter_mean']:.0f}"
-                 for c in cells]
-        weights = present[0]["weights_remaining"]
-        lines.append("| " + " | ".join([str(level), "–" if weights is None else f"{100 * weights:.3g}", *accs,
-                                        *stops, str(max(c["n_seeds"] for c in present))]) + " |")
-    verdicts = {True: "holds", False: "does not hold", None: "no data"}
-    findings = [f"- **{verdicts[f['holds']]}**: {f['claim']} Criterion: {f['criterion']}. Per level "
-                f"({f['measure']}): {f['evidence']}." for f in lottery_findings(rows)]
-    return "\n".join(lines) + "\n\nTest accuracy at the early-stop iteration, mean ± std over seeds.\n\n" + \
-        "\n".join(findings) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# grouping and statistics
-
-
-def _branch_key(branch: str) -> tuple[int, str]:
-    """Sort key: the known branches in their fixed order, unknown ones after them by name."""
-    return (BRANCH_ORDER.index(branch), "") if branch in BRANCH_ORDER else (len(BRANCH_ORDER), branch)
-
-
-def _group(units: list[dict[str, Any]]) -> Group:
-    """Units by (level, branch), sorted by level then branch."""
-    groups: Group = {}
-    for unit in units:
-        groups.setdefault((int(unit["level"]), str(unit["branch"])), []).append(unit)
-    return dict(sorted(groups.items(), key=lambda item: (item[0][0], _branch_key(item[0][1]))))
-
-
-def _values(units: list[dict[str, Any]], key: str) -> list[float]:
-    """The present (non-None) values of ``key`` over ``units``."""
-    return [float(u[key]) for u in units if u.get(key) is not None]
-
-
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and population std of ``values``; ``(None, None)`` when there are none."""
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.pstdev(values)
-
-
-def _branches(groups: Group) -> list[str]:
-    """The branches present, in display order."""
-    return sorted({branch for _, branch in groups}, key=_branch_key)
-
-
-def _curve(unit: dict[str, Any]) -> tuple[list[float], list[float]]:
-    """The (iteration, test accuracy %) points of a unit's curve; empty when it has none."""
-    curve = unit.get("curve") or {}
-    pairs = [
-        (float(i), 100.0 * float(a))
-        for i, a in zip(curve.get("iteration") or [], curve.get("test_acc") or [], strict=False)
-        if i is not None and a is not None
-    ]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# formatting
-
-
-def _pct_label(fraction: float) -> str:
-    """Weights remaining as a short percentage label: 100, 51.2, 8.6, 0.42."""
-    pct = 100.0 * fraction
-    if pct >= 99.95:
-        return "100"
-    return f"{pct:.1f}" if pct >= 1 else f"{pct:.2g}"
-
-
-def _fmt_acc(mean: float | None, std: float | None) -> str:
-    """An accuracy fraction's mean ± std as percentages."""
-    return "–" if mean is None else f"{100 * mean:.2f} ± {100 * (std or 0.0):.2f}"
-
-
-def _fmt_value(value: Any) -> str:
-    """A table cell for the generic page: floats to 4 significant digits, the rest as text."""
-    if value is None:
-        return "–"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# files
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and rename it over ``path``.
-
-    The temporary file is opened normally (not with ``mkstemp``) so it gets the usual umask permissions.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _save(fig: Figure, path: Path) -> None:
-    """Render ``fig`` to PNG at ``path`` (atomically) and free it."""
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    _atomic_write(path, buf.getvalue())
-
-
-# ---------------------------------------------------------------------------------------------------------
-# lottery plots
-
-
-def _weight_ticks(groups: Group) -> list[float]:
-    """X ticks (fractions): the imp line's weights remaining, thinned so labels do not overlap."""
-    imp = {u.get("weights_remaining") for (_, b), us in groups.items() if b == "imp" for u in us}
-    every = {u.get("weights_remaining") for us in groups.values() for u in us}
-    values = sorted((float(w) for w in (imp or every) if w is not None and w > 0), reverse=True)
-    ticks: list[float] = []
-    for w in values:
-        if not ticks or math.log10(ticks[-1] / w) >= 0.12:
-            ticks.append(w)
-    if values and ticks[-1] != values[-1]:  # always label the sparsest level, in place of its neighbour
-        ticks[-1:] = [values[-1]] if len(ticks) > 1 else [ticks[-1], values[-1]]
-    return ticks
-
-
-def _plot_vs_weights(groups: Group, key: str, ylabel: str, title: str, scale: float, path: Path) -> bool:
-    """Plot ``key`` (times ``scale``) against weights remaining, one line per branch with a min–max band.
-
-    Returns False (and writes nothing) when no unit has the metric.
-    """
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    drawn = False
-    for branch in _branches(groups):
-        points = []
-        for (_, b), us in groups.items():
-            ws, vs = _values(us, "weights_remaining"), _values(us, key)
-            if b == branch and ws and vs and ws[0] > 0:
-                points.append((statistics.fmean(ws) * 100, [v * scale for v in vs]))
-        if not points:
-            continue
-        points.sort(reverse=True)
-        xs = [p[0] for p in points]
-        color = _BRANCH_COLORS.get(branch)
-        ax.plot(
-            xs,
-            [statistics.fmean(p[1]) for p in points],
-            marker="o",
-            ms=4,
-            lw=1.8,
-            color=color,
-            label=BRANCH_LABELS.get(branch, branch),
-        )
-        ax.fill_between(
-            xs,
-            [min(p[1]) for p in points],
-            [max(p[1]) for p in points],
-            color=ax.lines[-1].get_color(),
-            alpha=0.2,
-            lw=0,
-        )
-        drawn = True
-    if not drawn:
-        plt.close(fig)
-        return False
-    dense = _values(groups.get((0, "imp"), []), key)
-    if dense:
-        ref = statistics.fmean(dense) * scale
-        label = f"dense ({ref:.2f}%)" if scale == 100 else f"dense ({ref:.0f})"
-        ax.axhline(ref, ls="--", lw=1.2, color="0.35", label=label)
-    ax.set_xscale("log")
-    ticks = _weight_ticks(groups)
-    ax.set_xticks([100 * t for t in ticks], labels=[_pct_label(t) for t in ticks])
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.invert_xaxis()
-    ax.set_xlabel("weights remaining (%)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.35)
-    ax.legend(fontsize=9)
-    _save(fig, path)
-    return True
-
-
-def _curve_levels(groups: Group) -> list[int]:
-    """The imp levels (with a curve) nearest, in log scale, to each of the target weights remaining."""
-    candidates = {}
-    for (level, branch), us in groups.items():
-        ws = _values(us, "weights_remaining")
-        if branch == "imp" and ws and ws[0] > 0 and any(_curve(u)[0] for u in us):
-            candidates[level] = statistics.fmean(ws)
-    chosen: list[int] = []
-    for target in _CURVE_TARGETS:
-        left = {level: w for level, w in candidates.items() if level not in chosen}
-        if not left:
-            break
-        chosen.append(min(left, key=lambda level: abs(math.log(left[level] / target))))
-    return sorted(chosen)
-
-
-def _first_seed_curve(units: list[dict[str, Any]]) -> tuple[dict[str, Any], list[float], list[float]] | None:
-    """The unit with the smallest seed that has a curve, with its curve points."""
-    for unit in sorted(units, key=lambda u: u.get("seed", 0)):
-        xs, ys = _curve(unit)
-        if xs:
-            return unit, xs, ys
-    return None
-
-
-def _plot_curves(groups: Group, path: Path) -> bool:
-    """Test accuracy during training at a few imp levels, plus a panel with reinit at the same levels."""
-    levels = _curve_levels(groups)
-    if not levels:
-        return False
-    colors = dict(zip(levels, _CURVE_COLORS, strict=False))
-    dense = _first_seed_curve(groups.get((0, "imp"), []))
-    panels = [b for b in ("imp", "reinit") if any(_first_seed_curve(groups.get((v, b), [])) for v in levels)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), sharey=True, squeeze=False)
-    tails: list[float] = []
-    all_ys: list[float] = []
-    for ax, branch in zip(axes[0], panels, strict=True):
-        seeds = set()
-        if branch != "imp" and dense is not None:
-            ax.plot(dense[1], dense[2], ls="--", lw=1.2, color="black", label="dense (level 0, imp)")
-        for level in levels:
-            found = _first_seed_curve(groups.get((level, branch), []))
-            if found is None:
-                continue
-            unit, xs, ys = found
-            seeds.add(unit.get("seed", 0))
-            weights = unit.get("weights_remaining")
-            label = f"{_pct_label(weights)}% (level {level})" if weights is not None else f"level {level}"
-            ax.plot(xs, ys, lw=1.6, color=colors[level], label=label)
-            stop = unit.get("early_stop_iter")
-            if stop is not None and stop in xs:
-                ax.plot([stop], [ys[xs.index(stop)]], "o", ms=5, color=colors[level])
-            tails.append(min(ys[len(ys) // 4 :]))
-            all_ys.extend(ys)
-        seed_text = ", ".join(str(s) for s in sorted(seeds))
-        ax.set_title(f"{BRANCH_LABELS[branch]} (seed {seed_text})")
-        ax.set_xlabel("training iteration")
-        ax.grid(True, alpha=0.35)
-        ax.legend(fontsize=8, title="weights remaining", title_fontsize=8)
-    axes[0][0].set_ylabel("test accuracy (%)")
-    # Zoom on the later part of training: the first evaluations (near chance) would flatten the rest.
-    low, high = min(tails), max(all_ys)
-    pad = max(0.1 * (high - low), 0.5)
-    if min(all_ys) < low - pad:
-        axes[0][0].set_ylim(low - pad, high + pad)
-    _save(fig, path)
-    return True
-
-
-# ---------------------------------------------------------------------------------------------------------
-# pages
-
-
-def _lottery_body(run: dict[str, Any], units: list[dict[str, Any]], out_dir: Path) -> str:
-    """The lottery ticket page: summary, per-level table and the four plots (those that have data)."""
-    groups = _group(units)
-    rows = summarize_levels(units)
-    levels = sorted({level for level, _ in groups})
-    seeds = sorted({u["seed"] for u in units if u.get("seed") is not None})
-    imp_weights = [r["weights_remaining"] for r in rows if r["branch"] == "imp" and r["weights_remaining"]]
-    span = (
-        f" (weights remaining {_pct_label(max(imp_weights))}% → {_pct_label(min(imp_weights))}%)"
-        if imp_weights
-        else ""
-    )
-    summary = (
-        f"{len(levels)} levels{span}; seeds {', '.join(map(str, seeds)) or '–'}; "
-        f"branches {', '.join(_branches(groups)) or '–'}; {len(units)} units."
-    )
-    parts = [f"<p class='summary'>{_esc(summary)}</p>"]
-
-    table = [
-        "<table><thead><tr><th>level</th><th>branch</th><th>weights remaining %</th>"
-        "<th>test acc % (early stop)</th><th>test acc % (end)</th><th>early-stop iter</th>"
-        "<th>seeds</th></tr></thead><tbody>"
-    ]
-    for r in rows:
-        weights = "–" if r["weights_remaining"] is None else f"{100 * r['weights_remaining']:.3g}"
-        stop = "–" if r["early_stop_iter_mean"] is None else f"{r['early_stop_iter_mean']:.0f}"
-        table.append(
-            f"<tr><td>{r['level']}</td><td>{_esc(r['branch'])}</td><td>{weights}</td>"
-            f"<td>{_fmt_acc(r['test_acc_mean'], r['test_acc_std'])}</td>"
-            f"<td>{_fmt_acc(r['test_acc_end_mean'], r['test_acc_end_std'])}</td>"
-            f"<td>{stop}</td><td>{r['n_seeds']}</td></tr>"
-        )
-    table.append("</tbody></table>")
-    parts.append(
-        "<h2>Results per level</h2>\n<p class='note'>Mean ± population std over seeds.</p>\n"
-        + "\n".join(table)
-    )
-
-    verdicts = {True: "holds", False: "does not hold", None: "no data"}
-    findings = ["<table class='findings'><thead><tr><th>finding of the paper</th><th>here</th><th>evidence per "
-                "level (weights remaining: value)</th><th>criterion</th></tr></thead><tbody>"]
-    for f in lottery_findings(rows):
-        findings.append(f"<tr><td>{_esc(f['claim'])}</td><td class='verdict-{str(f['holds']).lower()}'>"
-                        f"{verdicts[f['holds']]}</td><td>{_esc(f['measure'])}: {_esc(f['evidence'])}</td>"
-                        f"<td>{_esc(f['criterion'])}</td></tr>")
-    findings.append("</tbody></table>")
-    parts.append("<h2>Findings of Frankle &amp; Carbin (2019), checked on this run</h2>\n" + "\n".join(findings))
-
-    band = "Lines: mean over seeds; shaded band: min–max over seeds; dashed: dense network (level 0)."
-    plots = [
-        (
-            "accuracy_vs_weights.png",
-            lambda p: _plot_vs_weights(
-                groups,
-                "test_acc",
-                "test accuracy (%) at early stop",
-                "Test accuracy at the early-stop iteration",
-                100,
-                p,
-            ),
-            f"Test accuracy at the early-stop iteration vs. weights remaining (log scale). {band}",
-        ),
-        (
-            "early_stop_vs_weights.png",
-            lambda p: _plot_vs_weights(
-                groups, "early_stop_iter", "early-stop iteration", "Early-stop iteration", 1, p
-            ),
-            f"Iteration of early stopping vs. weights remaining (log scale). {band}",
-        ),
-        (
-            "final_accuracy_vs_weights.png",
-            lambda p: _plot_vs_weights(
-                groups,
-                "test_acc_end",
-                "test accuracy (%) at end of training",
-                "Test accuracy at the end of training",
-                100,
-                p,
-            ),
-            f"Test accuracy at the end of training vs. weights remaining (log scale). {band}",
-        ),
-        (
-            "curves.png",
-            lambda p: _plot_curves(groups, p),
-            "Test accuracy during training at selected levels (smallest seed); dots mark the early-stop "
-            "iteration; the y axis is zoomed on the later part of training.",
-        ),
-    ]
-    figures = [
-        f"<figure><img src='{name}' alt='{_esc(caption)}'><figcaption>{_esc(caption)}</figcaption></figure>"
-        for name, plot, caption in plots
-        if plot(out_dir / name)
-    ]
-    if figures:
-        parts.append("<h2>Plots</h2>\n" + "\n".join(figures))
-    return "\n".join(parts)
-
-
-def _generic_body(run: dict[str, Any], units: list[dict[str, Any]], out_dir: Path) -> str:
-    """A page for kinds without one of their own: a table of the units' scalar fields, no plots."""
-    columns: list[str] = []
-    for unit in units:
-        for key, value in unit.items():
-            if key not in columns and (value is None or isinstance(value, str | int | float | bool)):
-                columns.append(key)
-    head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
-    body = "\n".join(
-        "<tr>" + "".join(f"<td>{_esc(_fmt_value(u.get(c)))}</td>" for c in columns) + "</tr>" for u in units
-    )
-    return (
-        f"<p class='summary'>{len(units)} units.</p>\n<h2>Units</h2>\n"
-        f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>"
-    )
-
-
-_PAGES: dict[str, Callable[[dict[str, Any], list[dict[str, Any]], Path], str]] = {"lottery": _lottery_body}
 
 _CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 1100px;
@@ -543,22 +56,22 @@ def _page(run: dict[str, Any], body: str) -> str:
     name, run_id = run.get("name") or run.get("id", "run"), run.get("id", "")
     status = str(run.get("status", "unknown"))
     meta = [
-        f"run <code>{_esc(run_id)}</code>",
-        f"kind {_esc(run.get('kind', '–'))}",
-        f"status <span class='status status-{_esc(status)}'>{_esc(status)}</span>",
+        f"run <code>{esc(run_id)}</code>",
+        f"kind {esc(run.get('kind', '–'))}",
+        f"status <span class='status status-{esc(status)}'>{esc(status)}</span>",
     ]
-    meta += [f"{key} {_esc(run[key])}" for key in ("created", "updated") if run.get(key)]
+    meta += [f"{key} {esc(run[key])}" for key in ("created", "updated") if run.get(key)]
     sections = [body]
     source = run.get("data_source")
     if source:
-        rows = "\n".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in source.items())
+        rows = "\n".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in source.items())
         sections.append(f"<h2>Data source</h2>\n<table class='source'>{rows}</table>")
     recipe = json.dumps(run.get("recipe", {}), indent=2, default=str)
-    sections.append(f"<h2>Recipe</h2>\n<pre>{_esc(recipe)}</pre>")
+    sections.append(f"<h2>Recipe</h2>\n<pre>{esc(recipe)}</pre>")
     return (
         "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
-        f"<title>{_esc(name)} ({_esc(run_id)})</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{_esc(name)}</h1>\n<p class='meta'>{' · '.join(meta)}</p>\n"
+        f"<title>{esc(name)} ({esc(run_id)})</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"<h1>{esc(name)}</h1>\n<p class='meta'>{' · '.join(meta)}</p>\n"
         + "\n".join(sections)
         + "\n</body>\n</html>\n"
     )

@@ -1,20 +1,24 @@
-"""Running a recipe against a store: validate everything first, then run resumably, then report."""
+"""Running a recipe against a store: validate everything first, then run resumably, then report.
+
+Every kind takes the same path through here; what differs between kinds is in its :class:`~subnets.runs.kinds.Kind`
+record. Torch and the kind's family are imported only once the recipe has passed the cheap checks (its TOML, its
+kind, the execution settings the kind honours, the packages it needs).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from subnets.data import DatasetUnavailable
 from subnets.progress import SILENT, Progress
-from subnets.runs.kinds import KINDS
-from subnets.runs.recipe import RecipeError, load_recipe, run_id
+from subnets.runs.kinds import EXECUTION_SETTINGS, Kind, KindUnavailable, get_kind
+from subnets.runs.recipe import RecipeError, read_recipe, recipe_kind, run_id, validate_recipe
 from subnets.runs.report import write_report
 from subnets.runs.store import Store
-from subnets.train import ONE_AT_A_TIME, Execution
+
+if TYPE_CHECKING:
+    import torch
 
 
 def default_store() -> Path:
@@ -24,6 +28,8 @@ def default_store() -> Path:
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA without one is a usage error."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -33,20 +39,44 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_execution(kind: Kind, execution: dict[str, Any]) -> None:
+    """Raise :class:`RecipeError` naming the flag when ``execution`` sets a setting the kind does not honour.
+
+    ``execution`` maps settings (:data:`~subnets.runs.kinds.EXECUTION_SETTINGS`) to values; a setting at its
+    default (1 worker, population 1, sparse below 0) is not set.
+    """
+    defaults = {"workers": 1, "population_size": 1, "sparse_below": 0.0}
+    for setting, value in execution.items():
+        if setting not in EXECUTION_SETTINGS:
+            raise ValueError(f"unknown execution setting {setting!r}; known: {', '.join(EXECUTION_SETTINGS)}")
+        if value != defaults[setting] and setting not in kind.honours:
+            honoured = ", ".join(EXECUTION_SETTINGS[s] for s in EXECUTION_SETTINGS if s in kind.honours) or "none"
+            raise RecipeError(f"{EXECUTION_SETTINGS[setting]}: kind {kind.name!r} does not honour it "
+                              f"(its execution flags: {honoured})")
+
+
 def run_recipe(path: Path | str, overrides: list[str], store: Store, device: str = "auto",
-               progress: Progress = SILENT, execution: Execution = ONE_AT_A_TIME) -> str:
+               progress: Progress = SILENT, execution: dict[str, Any] | None = None) -> str:
     """Run or resume the recipe at ``path``; returns the run id.
 
-    Everything that can be checked is checked before the store is touched: the recipe, the data, the
-    model and the kind's own consistency rules. A problem there raises :class:`RecipeError` and leaves
-    the store as it was.
+    ``execution`` holds the run's execution settings (``workers``, ``population_size``, ``sparse_below``), which
+    are not part of the recipe. Everything that can be checked is checked before the store is touched: the
+    recipe, the settings against its kind, the kind's packages, the data, the model and the kind's own rules. A
+    problem there raises :class:`RecipeError` (:class:`KindUnavailable` for a missing package) and leaves the store
+    as it was.
     """
-    recipe = load_recipe(path, overrides)
-    kind = KINDS[recipe.kind]
+    raw = read_recipe(path, overrides)
+    kind = recipe_kind(raw, str(path))
+    check_execution(kind, execution or {})
+    kind.check_installed()
+    recipe = validate_recipe(raw, str(path))
+
+    from subnets.train import Execution
+
     torch_device = resolve_device(device)
     try:
-        prepared = kind.prepare(recipe, torch_device, progress, execution)
-    except DatasetUnavailable:
+        prepared = kind.prepare(recipe, torch_device, progress, Execution(**(execution or {})))
+    except KindUnavailable:
         raise
     except ValueError as error:
         raise RecipeError(f"{path}: {error}") from None
@@ -67,20 +97,42 @@ def run_recipe(path: Path | str, overrides: list[str], store: Store, device: str
     return identifier
 
 
+def _kind_of(record: dict[str, Any]) -> Kind | None:
+    """The kind of a stored run, or None when it is not registered in this process."""
+    try:
+        return get_kind(record["kind"])
+    except KeyError:
+        return None
+
+
 def show(store: Store, run: str) -> dict[str, Any]:
-    """The stable JSON view of a run: its record plus one row per finished step (``levels``)."""
+    """The stable JSON view of a run: its record plus one row per finished step (``units``; a lottery run also has
+    them as ``levels``, the name they had before every kind shared this view), in the kind's unit order."""
     record = store.run(run)
-    results = store.results(record["id"])
-    return {**record, "levels": sorted(results, key=_unit_order)}
+    units = store.results(record["id"])
+    kind = _kind_of(record)
+    if kind is not None and kind.unit_order is not None:
+        units = sorted(units, key=kind.unit_order)
+    view = {**record, "units": units}
+    if kind is not None and kind.legacy_levels:
+        view["levels"] = units
+    return view
 
 
-def _unit_order(result: dict[str, Any]) -> tuple:
-    branch_order = {"imp": 0, "reinit": 1, "random_prune": 2}
-    return (result.get("level", 0), branch_order.get(result.get("branch"), 9), result.get("seed", 0))
+def table(view: dict[str, Any], markdown: bool = False) -> list[dict[str, str]] | str:
+    """The summary table of a :func:`show` view: rows of column -> text, or Markdown when ``markdown``. A kind not
+    registered in this process gets one row per unit."""
+    from subnets.runs.pages import markdown_table, unit_rows
+
+    kind = _kind_of(view)
+    if markdown:
+        return kind.table_markdown(view, view["units"]) if kind else markdown_table(unit_rows(view, view["units"]))
+    return kind.rows(view, view["units"]) if kind else unit_rows(view, view["units"])
 
 
 def report(store: Store, run: str, out: Path | None = None) -> Path:
     """Write the run's HTML report (default ``<store>/reports/<id>``) and return the index path."""
     view = show(store, run)
-    units = view.pop("levels")
+    units = view.pop("units")
+    view.pop("levels", None)
     return write_report(view, units, out or store.root / "reports" / view["id"])

@@ -24,11 +24,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from subnets.steps import Tensors
+if TYPE_CHECKING:
+    from subnets.steps import Tensors
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -186,6 +185,8 @@ class Store:
     def write_tensors(self, tensors: Tensors) -> str:
         """Save a dict of tensors under the SHA-256 of its bytes; returns the hash."""
         buffer = io.BytesIO()
+        import torch
+
         torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, buffer)
         data = buffer.getvalue()
         digest = _sha256(data)
@@ -214,6 +215,8 @@ class Store:
             return None
         if _sha256(data) != digest:
             return None
+        import torch
+
         return torch.load(io.BytesIO(data), weights_only=True)
 
     def _artefact_path(self, digest: str) -> Path:

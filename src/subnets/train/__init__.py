@@ -11,7 +11,7 @@ pass, each member as it would train alone. ``TrainingPool`` trains networks conc
 from subnets.train.config import ONE_AT_A_TIME, Execution, TrainConfig, parse_duration
 from subnets.train.loop import StepHooks, TrainResult, evaluate, train
 from subnets.train.population import Population, evaluate_population, population_support, train_population
-from subnets.train.workers import TrainingPool, WorkerFailed
+from subnets.train.workers import TrainingPool, UnitPool, WorkerFailed
 
 __all__ = [
     "ONE_AT_A_TIME",
@@ -21,6 +21,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingPool",
+    "UnitPool",
     "WorkerFailed",
     "evaluate",
     "evaluate_population",

@@ -1,6 +1,6 @@
-"""Report page of the ``pooling-embeddings`` experiment: MiniLM readouts on verse-pair retrieval.
+"""The ``pooling-embeddings`` kind (:mod:`subnets.pooling.embeddings`): MiniLM readouts on verse-pair retrieval.
 
-One row per readout: top-1 accuracy and MRR (mean ± population std over seeds; unlearned readouts are
+One row per readout: top-1 accuracy and MRR (mean ± sample std over seeds; unlearned readouts are
 deterministic, one value, std 0), the accuracy's interval over test pairs, the difference to the standard readout
 with its paired bootstrap interval and the paired permutation test's p-value (raw and Holm-adjusted), all from the
 run's ``compare`` step. :func:`markdown` gives the same table as Markdown for the results documents.
@@ -12,10 +12,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
-
-from subnets.runs import report as base
-from subnets.runs.pages import markdown_table, mean_std, p_value, page
+from subnets import stats
+from subnets.runs.kinds import Kind, self_sourced
+from subnets.runs.pages import markdown_table, mean_std, p_value, page, pyplot, save_figure, values
 
 Units = list[dict[str, Any]]
 _STATES = 7
@@ -56,18 +55,18 @@ def rows(units: Units, described: bool = False) -> list[dict[str, str]]:
             "readout": name,
             **({"what": group[0]["description"]} if described else {}),
             "seeds": str(len(group)) if learned else "–",
-            "top-1 %": mean_std(base._values(group, "top1"), 100),
+            "top-1 %": mean_std(values(group, "top1"), 100),
             f"top-1 {level}% CI (test pairs)": _pct_interval(test.get("interval")),
-            "MRR %": mean_std(base._values(group, "mrr"), 100),
+            "MRR %": mean_std(values(group, "mrr"), 100),
             f"Δ top-1 vs {reference} (pts) [{level}% CI]": "reference" if name == reference else (
                 f"{100 * test['diff']:+.2f} {_pct_interval([test['low'], test['high']], True)}" if test else "–"),
             "p": "–" if name == reference else p_value(test.get("p")),
             "p (Holm)": "–" if name == reference else p_value(test.get("p_holm")),
             "p per seed": f"{p_value(min(seeds_p))}–{p_value(max(seeds_p))}" if seeds_p else "–",
-            "cos partner / other": (f"{statistics.fmean(base._values(group, 'cos_partner')):.2f} / "
-                                    f"{statistics.fmean(base._values(group, 'cos_other')):.2f}"),
-            "top-1 % at init": mean_std(base._values(group, "top1_init"), 100) if learned else "–",
-            "train s": mean_std(base._values(group, "train_seconds"), 1, 1) if learned else "–",
+            "cos partner / other": (f"{statistics.fmean(values(group, 'cos_partner')):.2f} / "
+                                    f"{statistics.fmean(values(group, 'cos_other')):.2f}"),
+            "top-1 % at init": mean_std(values(group, "top1_init"), 100) if learned else "–",
+            "train s": mean_std(values(group, "train_seconds"), 1, 1) if learned else "–",
         })
     return out
 
@@ -83,6 +82,7 @@ def _color(group: Units, reference: bool) -> str:
 
 def _plot_top1(units: Units, path: Path) -> bool:
     """Top-1 accuracy per readout: bar = mean over seeds, error bar = interval over test pairs, dots = seeds."""
+    plt = pyplot()
     groups = _readouts(units)
     if not groups:
         return False
@@ -111,12 +111,13 @@ def _plot_top1(units: Units, path: Path) -> bool:
     ax.set_title(f"Top-1 per readout (red: standard, green: learned; bars {level}% CI over test pairs; dots: seeds)",
                  fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    base._save(fig, path)
+    save_figure(fig, path)
     return True
 
 
 def _plot_layer_weights(units: Units, path: Path) -> bool:
     """The learned softmax weights of ``weighted-layers`` readouts per hidden state (mean ± std over seeds)."""
+    plt = pyplot()
     weighted = {name: group for name, group in _readouts(units).items() if group[0].get("layer_weights")}
     if not weighted:
         return False
@@ -125,19 +126,20 @@ def _plot_layer_weights(units: Units, path: Path) -> bool:
     for j, (name, group) in enumerate(weighted.items()):
         columns = list(zip(*(u["layer_weights"] for u in group), strict=True))
         ax.bar([k + j * width for k in range(len(columns))], [statistics.fmean(c) for c in columns], width,
-               yerr=[statistics.pstdev(c) for c in columns], capsize=3, label=f"{name} ({len(group)} seeds)")
+               yerr=[stats.mean_std(c)[1] or 0.0 for c in columns], capsize=3, label=f"{name} ({len(group)} seeds)")
     ax.axhline(1 / _STATES, color="black", linestyle=":", linewidth=1)
     ax.set_xticks([k + 0.4 - width / 2 for k in range(_STATES)],
                   ["emb"] + [f"layer {k}" for k in range(1, _STATES)], fontsize=8)
     ax.set_ylabel("softmax weight")
     ax.set_title("Learned layer weights (mean ± std over seeds; dotted: the equal start)", fontsize=9)
     ax.legend(fontsize=8)
-    base._save(fig, path)
+    save_figure(fig, path)
     return True
 
 
 def _plot_by_layer(units: Units, path: Path) -> bool:
     """Top-1 of the mean over one hidden state's tokens against the state, with the layer-pooled readouts."""
+    plt = pyplot()
     groups = _readouts(units)
     states = {}
     for name, group in groups.items():
@@ -159,7 +161,7 @@ def _plot_by_layer(units: Units, path: Path) -> bool:
     ax.set_title("Last layer vs earlier layers vs pooled over layers (mean tokens)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    base._save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -175,7 +177,7 @@ def body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
                     f"{encoded['seconds']:.1f}s on {encoded['threads']} thread(s); the standard readout matches "
                     f"MiniLM.embed to {encoded['standard_check_max_abs_diff']:.1e}.")
     note = ("Retrieval of each test WEB verse's OEB partner among all test OEB verses by cosine, and the reverse; "
-            "top-1 and MRR are the mean of both directions. ± is the population std over seeds (unlearned readouts "
+            "top-1 and MRR are the mean of both directions. ± is the sample std over seeds (unlearned readouts "
             "are deterministic: one value, std 0). Intervals are bootstrap percentile intervals over test pairs; "
             "p: " + compared.get("test", "not computed yet (the run has not finished)") + ". p per seed: the same "
             "test for each seed of a learned readout. cos: mean cosine similarity of "
@@ -188,5 +190,7 @@ def body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
     ])
 
 
-PAGES = {"pooling-embeddings": body}
-TABLES = {"pooling-embeddings": rows}
+KINDS = (Kind("pooling-embeddings", "subnets.pooling.embeddings:PoolingEmbeddingsConfig",
+              self_sourced("subnets.pooling.embeddings:PoolingEmbeddingsExperiment"),
+              lambda run, units: rows(units), body, needs=(("transformers", "text"),),
+              description="all-MiniLM-L6-v2 readouts (token and layer pooling) on paraphrase retrieval"),)

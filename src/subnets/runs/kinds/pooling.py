@@ -1,6 +1,6 @@
-"""Report page of the ``pooling`` experiment: every pool against the baseline with paired tests over seeds.
+"""The ``pooling`` kind (:mod:`subnets.pooling`): every pool against the baseline with paired tests over seeds.
 
-The table gives accuracy as mean ± population std over seeds, the mean paired difference to the baseline with
+The table gives accuracy as mean ± sample std over seeds, the mean paired difference to the baseline with
 its 95% t interval, the paired t-test p-value (raw and Holm-adjusted over all pools) and the Wilcoxon
 signed-rank p-value; :func:`pooling_markdown` gives the same table as Markdown for the results documents.
 """
@@ -11,21 +11,34 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
-
-from subnets.pooling.factory import pool_names
-from subnets.pooling.statistics import against_reference
-from subnets.runs import report as base
-from subnets.runs.pages import group_by, markdown_table, mean_curve, mean_std, p_value, page
+from subnets import stats
+from subnets.runs.kinds import Kind, on_data
+from subnets.runs.pages import (
+    group_by,
+    markdown_table,
+    mean_curve,
+    mean_std,
+    p_value,
+    page,
+    pyplot,
+    save_figure,
+    values,
+)
+from subnets.stats import against_reference
 
 Units = list[dict[str, Any]]
 
 
 def _pools(units: Units) -> dict[str, Units]:
-    """Units by pool: the baseline first, then in the order of ``pool_names``."""
+    """Units by pool: the baseline first, then in the order first seen."""
     groups, baseline = group_by(units, lambda u: u["pool"]), _baseline(units)
-    order = {name: i for i, name in enumerate(pool_names(2))}
-    return dict(sorted(groups.items(), key=lambda item: (item[0] != baseline, order.get(item[0], len(order)))))
+    return dict(sorted(groups.items(), key=lambda item: item[0] != baseline))
+
+
+def in_recipe_order(run: dict[str, Any], units: Units) -> Units:
+    """``units`` sorted by their pool's place in the recipe's ``pools``, then by seed."""
+    order = {name: i for i, name in enumerate(run.get("recipe", {}).get("pools", []))}
+    return sorted(units, key=lambda u: (order.get(u["pool"], len(order)), u["seed"]))
 
 
 def _baseline(units: Units) -> str:
@@ -60,8 +73,8 @@ def pooling_rows(units: Units) -> list[dict[str, str]]:
         rows.append({
             "pool": pool,
             "seeds": str(len(group)),
-            "test acc % (early stop)": mean_std(base._values(group, "test_acc"), 100),
-            "test acc % (end)": mean_std(base._values(group, "test_acc_end"), 100),
+            "test acc % (early stop)": mean_std(values(group, "test_acc"), 100),
+            "test acc % (end)": mean_std(values(group, "test_acc_end"), 100),
             f"Δ vs {_baseline(units)} (pts) [95% CI]": "baseline" if test is None else (
                 f"{100 * test['mean_diff']:+.2f}" + (f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "")),
             "p (paired t)": "–" if test is None else p_value(test["p_t"]),
@@ -69,7 +82,7 @@ def pooling_rows(units: Units) -> list[dict[str, str]]:
             "p (Wilcoxon)": "–" if test is None else p_value(test["p_wilcoxon"]),
             "wins/ties/losses": "–" if test is None else f"{test['wins']}/{test['ties']}/{test['losses']}",
             "learned (mean over seeds)": _learned(group),
-            "seconds": mean_std(base._values(group, "seconds"), 1, 1),
+            "seconds": mean_std(values(group, "seconds"), 1, 1),
         })
     return rows
 
@@ -81,6 +94,7 @@ def pooling_markdown(units: Units) -> str:
 
 def _plot_accuracy(units: Units, path: Path) -> bool:
     """Each pool's test accuracy: every seed as a dot, the mean with a ± std bar; the baseline's mean dotted."""
+    plt = pyplot()
     groups = _pools(units)
     if not groups:
         return False
@@ -88,7 +102,7 @@ def _plot_accuracy(units: Units, path: Path) -> bool:
     baseline = _baseline(units)
     for i, (pool, group) in enumerate(groups.items()):
         accuracies = [100 * u["test_acc"] for u in group]
-        mean, std = statistics.fmean(accuracies), statistics.pstdev(accuracies)
+        mean, std = statistics.fmean(accuracies), stats.mean_std(accuracies)[1] or 0.0
         ax.scatter([i + 0.12] * len(accuracies), accuracies, s=10, color="gray", alpha=0.6, zorder=2)
         ax.errorbar(i - 0.08, mean, yerr=std, fmt="o", color="C3" if pool == baseline else "C0", capsize=4,
                     zorder=3)
@@ -98,12 +112,13 @@ def _plot_accuracy(units: Units, path: Path) -> bool:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Test accuracy per pool (dots: seeds; bar: mean ± std; dotted: baseline mean)")
     ax.grid(axis="y", alpha=0.3)
-    base._save(fig, path)
+    save_figure(fig, path)
     return True
 
 
 def _plot_differences(units: Units, path: Path) -> bool:
     """Mean paired difference to the baseline with its 95% interval, per pool."""
+    plt = pyplot()
     tests = {pool: t for pool, t in comparisons(units).items() if t["ci95"] is not None}
     if not tests:
         return False
@@ -119,11 +134,12 @@ def _plot_differences(units: Units, path: Path) -> bool:
     ax.set_xlabel(f"test accuracy difference to {_baseline(units)} (points), paired by seed")
     ax.set_title("Mean paired difference and 95% interval (green: Holm-adjusted p < 0.05)")
     ax.grid(axis="x", alpha=0.3)
-    base._save(fig, path)
+    save_figure(fig, path)
     return True
 
 
 def _plot_curves(units: Units, path: Path) -> bool:
+    plt = pyplot()
     groups = _pools(units)
     if not groups:
         return False
@@ -136,16 +152,17 @@ def _plot_curves(units: Units, path: Path) -> bool:
     ax.set_title("Validation accuracy during training (mean over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    base._save(fig, path)
+    save_figure(fig, path)
     return True
 
 
 def pooling_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
     """The ``pooling`` page."""
+    units = in_recipe_order(run, units)
     seeds = sorted({u["seed"] for u in units})
     return page(
         f"{len(_pools(units))} pools; seeds {', '.join(map(str, seeds)) or '–'}; {len(units)} trainings.",
-        "Results per pool", "Accuracy: mean ± population std over seeds, at the early-stop iteration (lowest "
+        "Results per pool", "Accuracy: mean ± sample std over seeds, at the early-stop iteration (lowest "
         "validation loss) and at the end. Δ: mean over seeds of (pool − baseline) for the same seed (same initial "
         "weights and batches), with a 95% t interval. p: two-sided paired t-test, Holm-adjusted over all pools, "
         "and the Wilcoxon signed-rank test (which cannot go below 0.0625 with 5 seeds).",
@@ -157,5 +174,8 @@ def pooling_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
         ])
 
 
-PAGES = {"pooling": pooling_body}
-TABLES = {"pooling": pooling_rows}
+KINDS = (Kind("pooling", "subnets.pooling.experiments:PoolingConfig",
+              on_data("subnets.pooling.experiments:PoolingExperiment", workers=True),
+              lambda run, units: pooling_rows(in_recipe_order(run, units)), pooling_body,
+              honours=frozenset({"workers"}),
+              description="a network trained with each spatial pooling op, paired tests against a baseline op"),)

@@ -1,10 +1,12 @@
-"""Report page of the ``boosting-tabular`` experiment: every method's test score and fit time per table, paired by
-fold against the boosted MLP, and the truncation curves (score vs hidden units kept).
+"""The ``boosting-tabular`` kind (:mod:`subnets.boosting`): every method's test score and fit time per table,
+paired by fold against the boosted MLP, and the truncation curves (score vs hidden units kept).
 
-Scores are accuracy (classification) and RMSE with R^2 (regression), mean ± population std over folds. Δ is the
-mean over folds of (method − boosted MLP) in accuracy points or RMSE, with a 95% t interval and the paired t-test
-(Holm-adjusted over the methods of the table). Trees fitted once on a fixed split have no interval. The truncation
-table gives the score with 10%, 25% and 50% of the hidden units kept.
+Scores are accuracy (classification) and RMSE with R^2 (regression), mean ± sample std over folds. Δ is the
+mean over folds of (method − boosted MLP) in accuracy points or RMSE with a 95% interval and p-value,
+Holm-adjusted over the methods of the table: on cross-validated tables from the corrected resampled t-test of
+Nadeau & Bengio (2003), since folds share training rows and a plain paired t-test over them is too optimistic; on a
+fixed split repeated with other model seeds from the paired t-test over seeds. Trees fitted once on a fixed split
+have no interval. The truncation table gives the score with 10%, 25% and 50% of the hidden units kept.
 """
 
 from __future__ import annotations
@@ -13,27 +15,44 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
-from matplotlib.ticker import NullFormatter
-
-from subnets.boosting import tabular
-from subnets.boosting.experiments import BOOSTED, METHODS, MLPS
-from subnets.pooling.statistics import against_reference
-from subnets.runs import report as base
-from subnets.runs.pages import group_by, html_table, mean_std, p_value, page
+from subnets import stats
+from subnets.runs.kinds import Kind, self_sourced
+from subnets.runs.pages import group_by, html_table, mean_std, p_value, page, pyplot, save_figure, values
+from subnets.stats import against_reference
 
 Units = list[dict[str, Any]]
-COLORS = dict(zip(METHODS, ["C3", "C1", "C2", "C0", "C4", "C5", "C6"], strict=True))
+BOOSTED = "boosted"
+COLORS = {"boosted": "C3", "mlp-adam": "C1", "mlp-sgd": "C2", "mlp-lbfgs": "C0", "lightgbm": "C4", "xgboost": "C5",
+          "hist-gb": "C6"}
+
+
+def in_recipe_order(run: dict[str, Any], units: Units) -> Units:
+    """``units`` sorted by their table's and method's places in the recipe, then by fold."""
+    recipe = run.get("recipe", {})
+    tables = {name: i for i, name in enumerate(recipe.get("tables", []))}
+    methods = {name: i for i, name in enumerate(recipe.get("methods", []))}
+    return sorted(units, key=lambda u: (tables.get(u["table"], len(tables)), methods.get(u["method"], len(methods)),
+                                        u["fold"]))
 
 
 def _tables(units: Units) -> dict[str, dict[str, Units]]:
-    """Units by table (in the order of ``tabular.TABLES``), then by method (in :data:`METHODS` order)."""
-    order = {name: i for i, name in enumerate(tabular.TABLES)}
-    found = {}
-    for table, group in sorted(group_by(units, lambda u: u["table"]).items(), key=lambda item: order[item[0]]):
-        methods = group_by(group, lambda u: u["method"])
-        found[table] = {m: methods[m] for m in METHODS if m in methods}
-    return found
+    """Units by table, then by method, each in the order first seen."""
+    return {table: group_by(group, lambda u: u["method"])
+            for table, group in group_by(units, lambda u: u["table"]).items()}
+
+
+def _comparisons(methods: dict[str, Units], key: str) -> dict[str, dict[str, Any]]:
+    """Each method against the boosted MLP on ``key``, paired by fold: the corrected resampled t-test where the
+    folds are cross-validation folds, the paired t-test where every fold has the same rows (a fixed split, folds
+    being model seeds). Units stored before they recorded their ``resampling`` take the corrected test, the
+    more conservative one."""
+    reference = methods.get(BOOSTED, [])
+    cross_validated = any(u.get("resampling", "cross-validation") == "cross-validation" for u in reference)
+    if not cross_validated:
+        return against_reference(methods, BOOSTED, key, pair="fold")
+    rows = reference[0]["rows"]
+    return against_reference(methods, BOOSTED, key, pair="fold", test="corrected-t",
+                             train_test_ratio=rows["test"] / rows["fit"])
 
 
 def _classification(methods: dict[str, Units]) -> bool:
@@ -53,7 +72,7 @@ def boosting_rows(units: Units) -> list[dict[str, str]]:
     for table, methods in _tables(units).items():
         classification = _classification(methods)
         key, scale, digits = ("accuracy", 100, 2) if classification else ("rmse", 1, 3)
-        tests = against_reference(methods, BOOSTED, key, pair="fold")
+        tests = _comparisons(methods, key)
         for method, group in methods.items():
             test = tests.get(method)
             ci = test["ci95"] if test else None
@@ -61,13 +80,14 @@ def boosting_rows(units: Units) -> list[dict[str, str]]:
                 "table": table,
                 "method": method,
                 "fits": str(len(group)),
-                "accuracy % / RMSE": mean_std(base._values(group, key), scale, digits),
-                "R²": "–" if classification else mean_std(base._values(group, "r2"), 1, 3),
+                "accuracy % / RMSE": mean_std(values(group, key), scale, digits),
+                "R²": "–" if classification else mean_std(values(group, "r2"), 1, 3),
                 "Δ vs boosted [95% CI]": "reference" if method == BOOSTED else "–" if not test or test["n"] == 0
                 else f"{scale * test['mean_diff']:+.{digits}f}" + (
                     f" [{scale * ci[0]:+.{digits}f}, {scale * ci[1]:+.{digits}f}]" if ci else ""),
-                "p (paired t, Holm)": "–" if test is None else p_value(test.get("p_t_holm")),
-                "fit s": mean_std(base._values(group, "fit_seconds"), 1, 2),
+                "p (Holm)": "–" if test is None else p_value(test.get("p_t_holm")),
+                "test": "–" if test is None or test.get("p_t") is None else test["test"],
+                "fit s": mean_std(values(group, "fit_seconds"), 1, 2),
                 "size": _size(group),
             })
     return rows
@@ -93,7 +113,7 @@ def _truncation_lines(methods: dict[str, Units], width: int,
         return [statistics.fmean(column) for column in zip(*curves, strict=True)]
 
     lines = []
-    for method in (m for m in (BOOSTED, *MLPS) if m in methods):
+    for method in (m for m in methods if m == BOOSTED or m.startswith("mlp-")):
         if method == BOOSTED:
             lines.append(("boosted (first stages)", xs, mean(methods[method], "score"), COLORS[method], "-"))
             continue
@@ -123,6 +143,7 @@ def truncation_rows(recipe: dict[str, Any], units: Units, fractions: tuple[float
 
 
 def _grid(count: int) -> tuple[Any, list[Any]]:
+    plt = pyplot()
     columns = min(4, count)
     rows = -(-count // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
@@ -155,7 +176,7 @@ def _plot_truncation(recipe: dict[str, Any], units: Units, path: Path) -> bool:
     fig.suptitle("Truncation: the boosted MLP keeps its first stages; the end-to-end MLPs keep as many units "
                  "(mean over folds)", fontsize=10)
     fig.tight_layout()
-    base._save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -164,17 +185,18 @@ def _plot_score_time(units: Units, path: Path) -> bool:
     tables = _tables(units)
     if not tables:
         return False
+    plt = pyplot()
     fig, axes = _grid(len(tables))
     for ax, (table, methods) in zip(axes, tables.items(), strict=False):
         classification = _classification(methods)
         for method, group in methods.items():
             scores = [100 * u["score"] if classification else u["score"] for u in group]
             seconds = [u["fit_seconds"] for u in group]
-            ax.errorbar(statistics.fmean(seconds), statistics.fmean(scores), yerr=statistics.pstdev(scores),
-                        xerr=statistics.pstdev(seconds), fmt="o", color=COLORS[method],
+            ax.errorbar(statistics.fmean(seconds), statistics.fmean(scores), yerr=stats.mean_std(scores)[1] or 0.0,
+                        xerr=stats.mean_std(seconds)[1] or 0.0, fmt="o", color=COLORS[method],
                         capsize=3, label=method)
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_title(table)
         ax.set_xlabel("fit seconds (log)")
         ax.set_ylabel("test accuracy (%)" if classification else "test R²")
@@ -182,20 +204,23 @@ def _plot_score_time(units: Units, path: Path) -> bool:
     axes[0].legend(fontsize=7)
     fig.suptitle("Test score vs fit time (mean ± std over folds)", fontsize=10)
     fig.tight_layout()
-    base._save(fig, path)
+    save_figure(fig, path)
     return True
 
 
 def boosting_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
     """The ``boosting-tabular`` page."""
+    units = in_recipe_order(run, units)
     tables = _tables(units)
     truncation = truncation_rows(run["recipe"], units)
     return page(
         f"{len(tables)} tables; {len({u['method'] for u in units})} methods; {len(units)} fits.",
         "Results per table and method",
-        "Accuracy % (classification) or RMSE and R² (regression) on the test rows, mean ± population std over "
+        "Accuracy % (classification) or RMSE and R² (regression) on the test rows, mean ± sample std over "
         "folds. Δ: mean over folds of (method − boosted MLP) in accuracy points or RMSE, with a 95% t interval; "
-        "p: two-sided paired t-test, Holm-adjusted over the table's methods. Every method of a fold is fitted on "
+        "p: two-sided, Holm-adjusted over the table's methods, from the corrected resampled t-test (Nadeau & Bengio) "
+        "on cross-validated tables and the paired t-test over model seeds on a fixed split (column 'test'). "
+        "Every method of a fold is fitted on "
         "the same rows and stops early on the same validation rows. Size: hidden units (MLPs) or boosting rounds "
         "kept (trees).",
         boosting_rows(units), out_dir, [
@@ -209,5 +234,8 @@ def boosting_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
               if truncation else "")
 
 
-PAGES = {"boosting-tabular": boosting_body}
-TABLES = {"boosting-tabular": boosting_rows}
+KINDS = (Kind("boosting-tabular", "subnets.boosting.experiments:BoostingTabularConfig",
+              self_sourced("subnets.boosting.experiments:BoostingTabularExperiment"),
+              lambda run, units: boosting_rows(in_recipe_order(run, units)), boosting_body,
+              needs=(("sklearn", "tabular"),),
+              description="boosted MLPs against end-to-end MLPs and tree ensembles on tables, cross-validated"),)

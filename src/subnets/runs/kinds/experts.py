@@ -1,20 +1,18 @@
-"""Report pages of the experts experiments: ``moe`` (balancing strategies) and ``moefy`` (split dense blocks).
+"""The experts kinds (:mod:`subnets.experts`): ``moe`` (balancing strategies), ``moefy`` (split dense blocks) and
+``moefy-minilm`` (all-MiniLM-L6-v2's FFNs split), their tables and report pages.
 
-Each page is a summary table (mean ± population std over seeds) and plots; :func:`moe_markdown` and
+Each page is a summary table (mean ± sample std over seeds) and plots; :func:`moe_markdown` and
 :func:`moefy_markdown` give the same tables as Markdown for the results documents.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
-
-from subnets.runs import report as base
-from subnets.runs.pages import group_by, markdown_table, mean_curve, mean_std, page
+from subnets.runs.kinds import Kind, on_data, self_sourced
+from subnets.runs.pages import group_by, markdown_table, mean_curve, mean_std, page, pyplot, save_figure, values
 
 Units = list[dict[str, Any]]
 _VARIANT_ORDER = ("dense-active", "dense-total", "none", "switch-micro", "switch-global", "switch-z", "loss-free",
@@ -43,12 +41,12 @@ def moe_rows(units: Units) -> list[dict[str, str]]:
             "variant": variant,
             "seeds": str(len(group)),
             "params (active / total)": f"{group[0]['active_parameters']:,} / {group[0]['parameters']:,}",
-            "test acc % (early stop)": mean_std(base._values(group, "test_acc"), 100),
-            "test acc % (end)": mean_std(base._values(group, "test_acc_end"), 100),
-            "MaxVio, last 10% of training": mean_std(base._values(group, "max_violation_end"), 1, 3),
+            "test acc % (early stop)": mean_std(values(group, "test_acc"), 100),
+            "test acc % (end)": mean_std(values(group, "test_acc_end"), 100),
+            "MaxVio, last 10% of training": mean_std(values(group, "max_violation_end"), 1, 3),
             "MaxVio, test set": mean_std([t["max_violation"] for t in test], 1, 3),
             "router entropy, test": mean_std([t["router_entropy"] for t in test], 1, 3),
-            "seconds": mean_std(base._values(group, "seconds"), 1, 1),
+            "seconds": mean_std(values(group, "seconds"), 1, 1),
         })
     return rows
 
@@ -59,6 +57,7 @@ def moe_markdown(units: Units) -> str:
 
 
 def _plot_diagnostic(units: Units, key: str, path: Path) -> bool:
+    plt = pyplot()
     groups = {v: g for v, g in _variants(units).items() if any(u.get("diagnostics") for u in g)}
     if not groups:
         return False
@@ -73,11 +72,12 @@ def _plot_diagnostic(units: Units, key: str, path: Path) -> bool:
     ax.set_title(f"{_DIAGNOSTIC_LABELS[key]} of the training batches (mean over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    base._save(fig, path)
+    save_figure(fig, path)
     return True
 
 
 def _plot_accuracy(units: Units, path: Path) -> bool:
+    plt = pyplot()
     groups = _variants(units)
     if not groups:
         return False
@@ -94,11 +94,12 @@ def _plot_accuracy(units: Units, path: Path) -> bool:
     ax.set_title("Test accuracy during training (mean over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    base._save(fig, path)
+    save_figure(fig, path)
     return True
 
 
 def _plot_test_load(units: Units, path: Path) -> bool:
+    plt = pyplot()
     groups = {v: g for v, g in _variants(units).items() if any(u.get("test_routing") for u in g)}
     if not groups:
         return False
@@ -116,7 +117,7 @@ def _plot_test_load(units: Units, path: Path) -> bool:
     ax.set_ylabel("share of the test set's choices (%)")
     ax.set_title("Expert load on the test set (dotted: uniform)")
     ax.legend(fontsize=8)
-    base._save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -125,7 +126,7 @@ def moe_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
     seeds = sorted({u["seed"] for u in units})
     return page(
         f"{len(_variants(units))} variants; seeds {', '.join(map(str, seeds)) or '–'}; {len(units)} trainings.",
-        "Results per variant", "Mean ± population std over seeds. MaxVio = max load / mean load - 1 over the "
+        "Results per variant", "Mean ± sample std over seeds. MaxVio = max load / mean load - 1 over the "
         "experts, per training batch (averaged over the last 10% of steps) and over the whole test set with the "
         "trained router.", moe_rows(units), out_dir, [
             ("max_violation.png", lambda p: _plot_diagnostic(units, "max_violation", p),
@@ -162,6 +163,7 @@ def moefy_markdown(units: Units) -> str:
 
 
 def _plot_moefy(units: Units, path: Path) -> bool:
+    plt = pyplot()
     splits = group_by([u for u in units if u.get("step") == "moefy"], lambda u: u["layer"])
     if not splits:
         return False
@@ -185,7 +187,7 @@ def _plot_moefy(units: Units, path: Path) -> bool:
         ax.set_title(f"block {layer}: solid router, dashed oracle, dotted random")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    base._save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -194,7 +196,7 @@ def moefy_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
     dense = [u for u in units if u.get("step") == "dense"]
     return page(
         f"{len(dense)} dense trainings, {len(units) - len(dense)} splits.",
-        "Test accuracy with a fraction of the experts active", "Mean ± population std over seeds. router: the "
+        "Test accuracy with a fraction of the experts active", "Mean ± sample std over seeds. router: the "
         "trained router's top-k; oracle: the k experts whose outputs are largest for each input; random: k "
         "experts drawn uniformly per input.", moefy_rows(units), out_dir, [
             ("accuracy_vs_active.png", lambda p: _plot_moefy(units, p),
@@ -226,6 +228,7 @@ def moefy_minilm_rows(units: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 def _plot_minilm(units: Units, path: Path) -> bool:
+    plt = pyplot()
     configs = group_by(units, lambda u: (u["experts"], u["method"]))
     if not configs:
         return False
@@ -242,7 +245,7 @@ def _plot_minilm(units: Units, path: Path) -> bool:
     ax.set_title("Held-out sentence embeddings: solid router, dashed oracle, dotted random")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    base._save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -259,7 +262,16 @@ def moefy_minilm_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
         ])
 
 
-PAGES: dict[str, Callable[[dict[str, Any], Units, Path], str]] = {
-    "moe": moe_body, "moefy": moefy_body, "moefy-minilm": moefy_minilm_body}
-TABLES: dict[str, Callable[[Units], list[dict[str, str]]]] = {
-    "moe": moe_rows, "moefy": moefy_rows, "moefy-minilm": moefy_minilm_rows}
+KINDS = (
+    Kind("moe", "subnets.experts.experiments:MoEConfig",
+         on_data("subnets.experts.experiments:MoEExperiment", workers=True),
+         lambda run, units: moe_rows(units), moe_body, honours=frozenset({"workers"}),
+         description="a mixture-of-experts block against dense blocks, one training per balancing strategy"),
+    Kind("moefy", "subnets.experts.experiments:MoefyConfig", on_data("subnets.experts.experiments:MoefyExperiment"),
+         lambda run, units: moefy_rows(units), moefy_body,
+         description="a trained MLP's hidden blocks split into experts, accuracy against experts active"),
+    Kind("moefy-minilm", "subnets.experts.moefy_minilm:MoefyMiniLMConfig",
+         self_sourced("subnets.experts.moefy_minilm:MoefyMiniLMExperiment"),
+         lambda run, units: moefy_minilm_rows(units), moefy_minilm_body, needs=(("transformers", "text"),),
+         description="all-MiniLM-L6-v2's feed-forward blocks split into experts"),
+)
