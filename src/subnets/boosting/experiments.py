@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -36,7 +37,7 @@ from subnets.boosting.baselines import (
 from subnets.boosting.estimators import BoostedMLPClassifier, BoostedMLPRegressor
 from subnets.boosting.tabular import TABLES, Fold, Table, load_table, make_folds
 from subnets.progress import SILENT, Progress
-from subnets.steps import StepStore, Tensors, derive_seed, run_units
+from subnets.steps import StepStore, Tensors, Unit, UnitWorkers, derive_seed, run_units
 
 BOOSTED = "boosted"
 MLPS = tuple(f"mlp-{name}" for name in MLP_OPTIMIZERS)
@@ -135,9 +136,10 @@ def _metrics(table: Table, truth: np.ndarray, predicted: np.ndarray) -> dict[str
 class BoostingTabularExperiment:
     """The steps of one ``boosting-tabular`` recipe; the tables are loaded (and the tree packages checked) first."""
 
-    def __init__(self, config: BoostingTabularConfig, device: torch.device, progress: Progress = SILENT) -> None:
+    def __init__(self, config: BoostingTabularConfig, device: torch.device, progress: Progress = SILENT,
+                 workers: int = 1) -> None:
         check_tree_packages(config.methods)
-        self.config, self.device, self.progress = config, device, progress
+        self.config, self.device, self.progress, self.workers = config, device, progress, workers
         self.tables = {name: load_table(name) for name in config.tables}
         self.folds = {name: make_folds(table, config.folds, config.seed, config.validation_fraction)
                       for name, table in self.tables.items()}
@@ -151,9 +153,10 @@ class BoostingTabularExperiment:
 
     def run(self, steps: StepStore) -> list[dict[str, Any]]:
         """Run (or resume) every table, method and fold, each stored as one step."""
+        workers = UnitWorkers(self.workers, partial(_unit, self.config, str(self.device)))
         return run_units(steps, self.progress, "boosting", self.units(), self._fit,
                          lambda r: f"{'accuracy' if 'accuracy' in r else 'R2'} {r['score']:.4f}, "
-                                   f"fit {r['fit_seconds']:.1f}s")
+                                   f"fit {r['fit_seconds']:.1f}s", workers)
 
     def _fit(self, variant: str, fold: int) -> tuple[dict[str, Any], dict[str, Tensors]]:
         name, method = variant.split("/")
@@ -241,3 +244,8 @@ class BoostingTabularExperiment:
             predict_seconds = time.perf_counter() - start
         return ({**_metrics(table, table.y[rows.test], predicted.reshape(-1)), "fit_seconds": seconds,
                  "predict_seconds": predict_seconds, **facts}, {})
+
+
+def _unit(config: BoostingTabularConfig, device: str, progress: Progress) -> Unit:
+    """The unit function of a worker process (see :class:`subnets.steps.UnitWorkers`): it loads the tables itself."""
+    return BoostingTabularExperiment(config, torch.device(device), progress)._fit

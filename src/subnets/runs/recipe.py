@@ -100,7 +100,11 @@ def validate_recipe(raw: dict[str, Any], origin: str = "recipe") -> BaseModel:
         raise RecipeError(f"{origin}: {_error_line(error)}") from None
 
 
-def run_id(recipe: BaseModel) -> str:
-    """A short hash of the normalised recipe: the same recipe always gives the same run."""
-    normal = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+def run_id(recipe: BaseModel, identity: dict[str, Any] | None = None) -> str:
+    """A short hash of the normalised recipe (and of ``identity``, e.g. a data file's SHA-256, when given): the
+    same recipe on the same data always gives the same run."""
+    content = recipe.model_dump(mode="json")
+    if identity:
+        content = {"recipe": content, "identity": identity}
+    normal = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(normal.encode()).hexdigest()[:10]

@@ -80,7 +80,7 @@ def run_recipe(path: Path | str, overrides: list[str], store: Store, device: str
         raise
     except ValueError as error:
         raise RecipeError(f"{path}: {error}") from None
-    identifier = run_id(recipe)
+    identifier = run_id(recipe, prepared.identity)
     resumed = store.start_run(identifier, recipe.kind, recipe.name, recipe.model_dump(mode="json"),
                               str(torch_device), prepared.data_source)
     steps = store.steps(identifier)

@@ -7,6 +7,14 @@ level: ``reinit`` (the same mask with a fresh random initialisation) and ``rando
 the same per-layer sparsity, trained from the original initialisation).
 """
 
-from subnets.tickets.lottery import BRANCHES, LotteryConfig, PruneConfig, run_lottery
+from subnets.tickets.lottery import (
+    BRANCHES,
+    LotteryConfig,
+    PruneConfig,
+    Reinitialised,
+    Tickets,
+    find_tickets,
+    run_lottery,
+)
 
-__all__ = ["BRANCHES", "LotteryConfig", "PruneConfig", "run_lottery"]
+__all__ = ["BRANCHES", "LotteryConfig", "PruneConfig", "Reinitialised", "Tickets", "find_tickets", "run_lottery"]

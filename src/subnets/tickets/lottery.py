@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
@@ -104,13 +107,18 @@ class LotteryExperiment:
     """The steps of one lottery recipe. ``run(steps)`` runs or resumes them all against a step store."""
 
     def __init__(self, config: LotteryConfig, data: Dataset, device: torch.device,
-                 progress: Progress = SILENT, execution: Execution = ONE_AT_A_TIME) -> None:
+                 progress: Progress = SILENT, execution: Execution = ONE_AT_A_TIME,
+                 model: Callable[[], nn.Module] | None = None) -> None:
         """Check the recipe against the data and model (raising ValueError naming what is wrong).
 
         ``execution`` says how many units may train together in one batched pass and which layers train
-        in sparse form (populations do not use the sparse form).
+        in sparse form (populations do not use the sparse form). ``model``, when given, builds the network in
+        place of the recipe's ``[model]`` (it is called after the global RNG is seeded; picklable for workers).
         """
         self.config, self.data, self.device, self.progress = config, data, device, progress
+        spec = config.model
+        self.make_model = model or partial(build_model, spec.name, data.input_shape, data.num_classes,
+                                           **spec.options)
         self.execution = execution
         self.steps: StepStore = MemoryStepStore()
         steps_per_epoch = len(data.y_train) // config.train.batch_size
@@ -120,6 +128,7 @@ class LotteryExperiment:
             raise ValueError(f"prune.rewind ({config.prune.rewind}) must be earlier than train.length "
                              f"({config.train.length})")
         probe = self.build(0)
+        self.model_name = type(probe).__name__
         self.kinds = prunable_layers(probe)
         self.population_reason = population_support(probe)
         self.rates = config.prune.layer_rates(self.kinds)
@@ -129,8 +138,7 @@ class LotteryExperiment:
     def build(self, init_seed: int) -> nn.Module:
         """A freshly initialised model; its initialisation depends only on ``init_seed``."""
         torch.manual_seed(init_seed)
-        spec = self.config.model
-        return build_model(spec.name, self.data.input_shape, self.data.num_classes, **spec.options).to(self.device)
+        return self.make_model().to(self.device)
 
     def units(self) -> list[tuple[int, str, int]]:
         """Every (level, branch, seed) of the recipe, level by level."""
@@ -280,7 +288,7 @@ class LotteryExperiment:
     def _run_by_level(self, todo: list[tuple[int, str, int]]) -> None:
         size = self.execution.population_size
         if size > 1 and self.population_reason is not None:
-            self.steps.log(f"{self.config.model.name} trains one network at a time: {self.population_reason}")
+            self.steps.log(f"{self.model_name} trains one network at a time: {self.population_reason}")
         for level in range(self.config.prune.levels + 1):
             at_level = [unit for unit in todo if unit[0] == level]
             for first in range(0, len(at_level), size):
@@ -292,8 +300,7 @@ class LotteryExperiment:
         """Keep every worker busy: a unit starts once its level's imp mask can be computed; imp units and
         lower levels go first, since they unblock the most work."""
         workers = self.execution.workers
-        spec = self.config.model
-        build = partial(build_model, spec.name, self.data.input_shape, self.data.num_classes, **spec.options)
+        build = self.make_model
         running: dict[str, tuple[tuple[int, str, int], nn.Module, Mask, int]] = {}
         todo = sorted(todo, key=lambda unit: (unit[1] != "imp", unit[0]))
         with TrainingPool(workers, self.data, self.config.train, build, self.device) as pool:
@@ -324,3 +331,61 @@ def run_lottery(config: LotteryConfig, data: Dataset, steps: StepStore, device: 
                 progress: Progress = SILENT, execution: Execution = ONE_AT_A_TIME) -> list[dict[str, Any]]:
     """Run (or resume) every step of a lottery recipe and return the per-step results."""
     return LotteryExperiment(config, data, device, progress, execution).run(steps)
+
+
+class Reinitialised:
+    """Builds fresh copies of a network: a deep copy of ``template`` whose every submodule with a
+    ``reset_parameters()`` (Linear, Conv, BatchNorm, ...) is re-initialised from the global RNG, so seeding the RNG
+    first gives a seed-dependent, reproducible initialisation. Picklable when the template's class is importable."""
+
+    def __init__(self, template: nn.Module) -> None:
+        self.template = copy.deepcopy(template).cpu()
+
+    def __call__(self) -> nn.Module:
+        model = copy.deepcopy(self.template)
+        for module in model.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+        return model
+
+
+@dataclass
+class Tickets:
+    """What :func:`find_tickets` found: every unit's result (as ``subnets show --json`` lists them) and the imp
+    mask of each level and seed (the ticket's sparse structure; ``masks[level, seed]``)."""
+
+    units: list[dict[str, Any]]
+    masks: dict[tuple[int, int], Mask]
+
+    def results(self, branch: str = "imp") -> list[dict[str, Any]]:
+        """The units of one branch, by level then seed."""
+        return sorted((u for u in self.units if u["branch"] == branch), key=lambda u: (u["level"], u["seed"]))
+
+
+def find_tickets(model: nn.Module | Callable[[], nn.Module], data: Dataset, *, train: TrainConfig,
+                 prune: PruneConfig, seeds: Sequence[int] = (0,), steps: StepStore | None = None,
+                 device: torch.device | str = "cpu", progress: Progress = SILENT,
+                 execution: Execution = ONE_AT_A_TIME) -> Tickets:
+    """Iterative magnitude pruning with rewinding (and the controls in ``prune.branches``) on any network.
+
+    ``model``: an ``nn.Module`` (each seed starts from a re-initialised copy, see :class:`Reinitialised`) or a
+    factory returning a fresh one (called after the global RNG is seeded). Its prunable layers are its own
+    ``prunable_layers()`` when it defines one, else every Linear and Conv weight with the last Linear as the
+    output layer. ``data``: a :class:`~subnets.data.Dataset` (e.g. ``Dataset.from_arrays``). ``steps``: where
+    units are kept (a :class:`~subnets.steps.MemoryStepStore` by default; a run store's steps make it resumable).
+    """
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"seeds must be distinct non-negative integers, got {list(seeds)}")
+    factory = Reinitialised(model) if isinstance(model, nn.Module) else model
+    config = LotteryConfig.model_construct(kind="lottery", name="tickets", seeds=list(seeds), data=None, model=None,
+                                           train=train, prune=prune)
+    experiment = LotteryExperiment(config, data.to(device), torch.device(device), progress, execution, factory)
+    store = steps if steps is not None else MemoryStepStore()
+    units = experiment.run(store)
+    masks = {}
+    for level in range(prune.levels + 1):
+        for seed in seeds:
+            _, tensors = experiment.ensure(level, "imp", seed)
+            masks[level, seed] = Mask(tensors["mask"])
+    return Tickets(units, masks)

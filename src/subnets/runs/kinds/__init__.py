@@ -38,10 +38,20 @@ class KindUnavailable(RuntimeError):
 
 @dataclass
 class Prepared:
-    """An experiment checked against its data and model, ready to run against a step store."""
+    """An experiment checked against its data and model, ready to run against a step store.
+
+    ``identity``: what joins the recipe in the run id beyond the recipe's text (the SHA-256 of a file dataset,
+    whose path alone does not say what it holds); None when the recipe says it all.
+    """
 
     data_source: dict[str, Any]
     run: Callable[[StepStore], list[dict[str, Any]]]
+    identity: dict[str, Any] | None = None
+
+
+def data_identity(config: Any, source: dict[str, Any]) -> dict[str, Any] | None:
+    """The run-id part of a recipe's data: the file's SHA-256 for a file dataset (``[data] name = "file"``)."""
+    return {"data_sha256": source["sha256"]} if config.data.name == "file" else None
 
 
 @dataclass(frozen=True)
@@ -118,17 +128,20 @@ def on_data(experiment: str, workers: bool = False) -> Callable[..., Prepared]:
         config.data.check()
         data = load_dataset(config.data.name, **config.data.options).to(device)
         options = {"workers": execution.workers} if workers else {}
-        return Prepared(data.source, load(experiment)(config, data, device, progress, **options).run)
+        return Prepared(data.source, load(experiment)(config, data, device, progress, **options).run,
+                        data_identity(config, data.source))
 
     return prepare
 
 
-def self_sourced(experiment: str) -> Callable[..., Prepared]:
+def self_sourced(experiment: str, workers: bool = False) -> Callable[..., Prepared]:
     """The ``prepare`` of a kind whose experiment (an import path) loads its own data and models, is built as
-    ``(config, device, progress)`` and has ``source`` and ``run``."""
+    ``(config, device, progress)`` (and ``workers=`` the run's worker count if ``workers``) and has ``source`` and
+    ``run``."""
 
     def prepare(config: Any, device: torch.device, progress: Progress, execution: Execution) -> Prepared:
-        built = load(experiment)(config, device, progress)
+        options = {"workers": execution.workers} if workers else {}
+        built = load(experiment)(config, device, progress, **options)
         return Prepared(built.source, built.run)
 
     return prepare

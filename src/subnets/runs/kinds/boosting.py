@@ -235,7 +235,7 @@ def boosting_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
 
 
 KINDS = (Kind("boosting-tabular", "subnets.boosting.experiments:BoostingTabularConfig",
-              self_sourced("subnets.boosting.experiments:BoostingTabularExperiment"),
+              self_sourced("subnets.boosting.experiments:BoostingTabularExperiment", workers=True),
               lambda run, units: boosting_rows(in_recipe_order(run, units)), boosting_body,
-              needs=(("sklearn", "tabular"),),
+              honours=frozenset({"workers"}), needs=(("sklearn", "tabular"),),
               description="boosted MLPs against end-to-end MLPs and tree ensembles on tables, cross-validated"),)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from subnets import stats
-from subnets.runs.kinds import Kind, Prepared
+from subnets.runs.kinds import Kind, Prepared, data_identity
 from subnets.runs.pages import esc, figures, html_table, pyplot, save_figure
 
 if TYPE_CHECKING:
@@ -459,7 +459,7 @@ def _prepare(config: LotteryConfig, device: torch.device, progress: Progress, ex
     config.data.check()
     data = load_dataset(config.data.name, **config.data.options).to(device)
     experiment = LotteryExperiment(config, data, device, progress, execution)
-    return Prepared(data.source, experiment.run)
+    return Prepared(data.source, experiment.run, data_identity(config, data.source))
 
 
 KINDS = (Kind("lottery", "subnets.tickets:LotteryConfig", _prepare, lottery_rows, lottery_page,
