@@ -42,8 +42,10 @@ def _run(recipe: str, overrides: list[str], flags: list[str], store: Path) -> tu
     for override in overrides:
         command += ["--set", override]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} exited {done.returncode}: {done.stderr}")
     shown = subprocess.run([sys.executable, "-m", "subnets", "show", done.stdout.split()[1], "--store", str(store),
                             "--json"], capture_output=True, text=True, check=True)
     units = [{k: v for k, v in u.items() if k not in TIMING_KEYS} for u in json.loads(shown.stdout)["units"]]

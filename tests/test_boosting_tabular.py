@@ -15,7 +15,7 @@ from subnets.boosting import BoostedMLPClassifier
 from subnets.boosting import experiments as boosting_experiments
 from subnets.boosting.baselines import MLPSettings, TreeSettings, check_tree_packages, fit_mlp, fit_trees
 from subnets.boosting.experiments import BoostingTabularConfig, BoostingTabularExperiment
-from subnets.boosting.tabular import Table, load_table, make_folds
+from subnets.data.tables import Table, load_table, make_folds
 from subnets.progress import Progress
 from subnets.steps import MemoryStepStore
 
@@ -55,12 +55,20 @@ def test_tables_record_their_source_and_checksum() -> None:
         load_table("iris")
 
 
+def test_a_tensor_dataset_is_a_table_with_its_own_split() -> None:
+    table = load_table("modular_addition")
+    assert table.x.shape == (97 * 97, 2 * 97) and table.task == "classification" and table.classes == 97
+    assert [len(table.split[s]) for s in ("fit", "val", "test")] == [4704, 2352, 2353]
+    assert table.source["dataset_sha256"] and "mnist1d" in boosting_experiments.table_names()
+    with pytest.raises(ValueError, match="unknown table 'file'"):  # a dataset with a required option is not one
+        load_table("file")
+
+
 def test_a_fixed_split_is_repeated_and_its_trees_fitted_once(monkeypatch) -> None:
     table = load_table("wine")
     rows = np.random.default_rng(0).permutation(len(table.y))
     fixed = Table("wine", table.x, table.y, "classification", table.source,
                   {"fit": rows[:100], "val": rows[100:130], "test": rows[130:]})
-    monkeypatch.setitem(boosting_experiments.TABLES, "wine", lambda: fixed)
     monkeypatch.setattr(boosting_experiments, "load_table", lambda name: fixed)
     config = BoostingTabularConfig(name="t", tables=["wine"], folds=3, methods=["mlp-adam", "lightgbm"])
     experiment = BoostingTabularExperiment(config, torch.device("cpu"))

@@ -106,7 +106,13 @@ def _cuda() -> bool:
 def test_data_list() -> None:
     code, stdout, _ = invoke("data", "list", "--json")
     assert code == 0
-    assert [d["name"] for d in json.loads(stdout)] == ["mnist", "mnist1d", "modular_addition"]
+    listed = {d["name"]: d for d in json.loads(stdout)}
+    assert {"mnist", "mnist1d", "modular_addition", "file", "wine", "digits", "sentences", "paraphrase_pairs"} <= \
+        set(listed)
+    assert {listed[n]["kind"] for n in ("mnist", "mnist1d", "wine", "sentences")} == \
+        {"images", "sequences", "tables", "sentences"}
+    assert listed["mnist"]["sha256"] == "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+    assert listed["file"]["required"] == ["path"] and all(d["source"] for d in listed.values())
 
 
 def test_two_recipes_at_once_against_one_store(tiny_recipe, tmp_path) -> None:

@@ -87,9 +87,19 @@ def test_prunable_layer_names_and_kinds() -> None:
     ]
 
 
-def test_prunable_layers_needs_the_method() -> None:
-    with pytest.raises(ValueError, match="Linear"):
-        prunable_layers(nn.Linear(2, 2))
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_prunable_layers_without_the_method_agree_with_the_built_in_models(name: str) -> None:
+    model = _build(name)
+    plain = nn.Module()  # the same layers in the same order, without prunable_layers()
+    for child, module in model.named_children():
+        plain.add_module(child, module)
+    assert list(prunable_layers(plain).items()) == list(model.prunable_layers().items())
+
+
+def test_prunable_layers_of_a_model_without_weights_is_an_error() -> None:
+    assert prunable_layers(nn.Linear(2, 2)) == {"weight": "output"}
+    with pytest.raises(ValueError, match="has no Linear or Conv1d/Conv2d weights"):
+        prunable_layers(nn.Sequential(nn.ReLU()))
 
 
 def test_parameter_counts() -> None:

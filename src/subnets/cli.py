@@ -178,18 +178,22 @@ def data_group() -> None:
 
 
 @data_group.command("list")
-@click.option("--json", "as_json", is_flag=True)
-def data_list(as_json: bool) -> None:
-    """List the registered datasets and their options."""
+@click.option("--json", "as_json", is_flag=True, help="One JSON array on stdout (every field, full checksums).")
+@click.option("--no-checksums", is_flag=True, help="Skip computing the SHA-256 of each dataset (a few seconds).")
+def data_list(as_json: bool, no_checksums: bool) -> None:
+    """List every dataset (images, sequences, sentences, tables, your own files) with its source and checksum."""
     from subnets.data import dataset_info
 
-    info = dataset_info()
+    info = dataset_info(checksums=not no_checksums)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    table = Table("name", "description", "options")
+    table = Table("name", "kind", "source", "sha256", "available", "options", box=box.SIMPLE_HEAD)
     for d in info:
-        table.add_row(d["name"], d["description"], json.dumps(d["options"]))
+        options = ", ".join([f"{name} (required)" for name in d["required"]]
+                            + [f"{name}={value!r}" for name, value in d["options"].items()])
+        available = "yes" if d["available"] else (d["install"] or d["problem"] or "no")
+        table.add_row(d["name"], d["kind"], d["source"], (d["sha256"] or "–")[:12], available, options or "–")
     out.print(table)
 
 

@@ -2,59 +2,47 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from subnets.data.registry import dataset_names, validate_options
+from subnets.data.registry import check_dataset_name, validate_options
 
 
-class _RegisteredSpec(BaseModel):
-    """A registered name and its options; an unknown name is an error that lists the known ones."""
+class _NamedSpec(BaseModel):
+    """A name (registered, or an import path ``"package.module:factory"``) and its options."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    what: ClassVar[str]
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
 
-    @classmethod
-    def known(cls) -> list[str]:
-        """The registered names."""
-        raise NotImplementedError
+
+class DataSpec(_NamedSpec):
+    """``[data]``: a registered tensor dataset (``subnets data list``; ``file`` reads a ``.npz`` or CSV file given
+    by ``options.path``) or an import path ``"package.module:factory"`` to your own ``factory(**options) ->
+    Dataset``, and its options. A name that is neither, or an import that fails, is a one-line error."""
 
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        if name not in cls.known():
-            raise ValueError(f"unknown {cls.what} '{name}'; known: {', '.join(cls.known())}")
-        return name
-
-
-class DataSpec(_RegisteredSpec):
-    """``[data]``: a registered dataset name and its options."""
-
-    what = "dataset"
-
-    @classmethod
-    def known(cls) -> list[str]:
-        return dataset_names()
+        return check_dataset_name(name)
 
     def check(self) -> None:
-        """Raise ValueError naming an option the dataset does not take."""
+        """Raise ValueError naming an option the dataset does not take or a required one left out."""
         validate_options(self.name, self.options)
 
 
-class ModelSpec(_RegisteredSpec):
-    """``[model]``: a registered model name and its options (checked when the model is built)."""
+class ModelSpec(_NamedSpec):
+    """``[model]``: a registered model or an import path ``"package.module:factory"`` to your own
+    ``factory(input_shape, num_classes, **options) -> nn.Module``, and its options (checked when it is built)."""
 
-    what = "model"
-
+    @field_validator("name")
     @classmethod
-    def known(cls) -> list[str]:
-        from subnets.models import model_names
+    def _known(cls, name: str) -> str:
+        from subnets.models.registry import check_model_name
 
-        return model_names()
+        return check_model_name(name)
 
 
 def _distinct_seeds(seeds: list[int]) -> list[int]:

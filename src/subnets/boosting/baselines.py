@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from subnets.boosting.estimators import mean_and_scale
-from subnets.boosting.tabular import Task
+from subnets.data.tables import Task
 from subnets.progress import SILENT, Progress
 
 MLP_OPTIMIZERS = ("adam", "sgd", "lbfgs")

@@ -16,7 +16,7 @@ fixed split they are fitted once (fold 0), not once per repetition.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Literal
 
@@ -35,7 +35,7 @@ from subnets.boosting.baselines import (
     fit_trees,
 )
 from subnets.boosting.estimators import BoostedMLPClassifier, BoostedMLPRegressor
-from subnets.boosting.tabular import TABLES, Fold, Table, load_table, make_folds
+from subnets.data.tables import Fold, Table, load_table, make_folds, table_names
 from subnets.progress import SILENT, Progress
 from subnets.steps import StepStore, Tensors, Unit, UnitWorkers, derive_seed, run_units
 
@@ -87,11 +87,11 @@ class TreeSection(_Section):
     patience: int = Field(20, ge=1)
 
 
-def _known_distinct(what: str, known: tuple[str, ...]) -> Callable[[list[str]], list[str]]:
+def _known_distinct(what: str, known: Callable[[], Sequence[str]]) -> Callable[[list[str]], list[str]]:
     def check(names: list[str]) -> list[str]:
         for name in names:
-            if name not in known:
-                raise ValueError(f"unknown {what} {name!r}; known: {', '.join(known)}")
+            if name not in known():
+                raise ValueError(f"unknown {what} {name!r}; known: {', '.join(known())}")
         if len(set(names)) != len(names):
             raise ValueError(f"{what}s must be distinct")
         return names
@@ -115,8 +115,8 @@ class BoostingTabularConfig(_Section):
     mlp: MLPSection = MLPSection()
     trees: TreeSection = TreeSection()
 
-    _tables = field_validator("tables")(_known_distinct("table", tuple(TABLES)))
-    _methods = field_validator("methods")(_known_distinct("method", METHODS))
+    _tables = field_validator("tables")(_known_distinct("table", table_names))
+    _methods = field_validator("methods")(_known_distinct("method", lambda: METHODS))
 
 
 def _score(table: Table, truth: np.ndarray, predicted: np.ndarray) -> float:

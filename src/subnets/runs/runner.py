@@ -8,6 +8,7 @@ kind, the execution settings the kind honours, the packages it needs).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,14 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise RecipeError(f"--device: must be auto, cpu or cuda (got {name!r})")
     return torch.device(name)
+
+
+def importable_from(*folders: Path) -> None:
+    """Put ``folders`` on ``sys.path`` (if not there) so that a recipe's ``"module:factory"`` import paths find
+    modules in the working folder and beside the recipe, as ``python -m`` would for the working folder."""
+    for folder in reversed(folders):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
 
 
 def check_execution(kind: Kind, execution: dict[str, Any]) -> None:
@@ -69,6 +78,7 @@ def run_recipe(path: Path | str, overrides: list[str], store: Store, device: str
     kind = recipe_kind(raw, str(path))
     check_execution(kind, execution or {})
     kind.check_installed()
+    importable_from(Path.cwd(), Path(path).resolve().parent)
     recipe = validate_recipe(raw, str(path))
 
     from subnets.train import Execution

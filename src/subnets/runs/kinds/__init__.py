@@ -50,8 +50,12 @@ class Prepared:
 
 
 def data_identity(config: Any, source: dict[str, Any]) -> dict[str, Any] | None:
-    """The run-id part of a recipe's data: the file's SHA-256 for a file dataset (``[data] name = "file"``)."""
-    return {"data_sha256": source["sha256"]} if config.data.name == "file" else None
+    """The run-id part of a recipe's data: the SHA-256 of the data for a file dataset (``[data] name = "file"``) or
+    one from an import path, whose names alone do not say what they hold."""
+    from subnets.data.registry import is_import_path
+
+    name = config.data.name
+    return {"data_sha256": source.get("sha256")} if name == "file" or is_import_path(name) else None
 
 
 @dataclass(frozen=True)
