@@ -54,7 +54,7 @@ def _run(recipe: str, overrides: list[str], flags: list[str], store: Path) -> tu
 
 def main() -> None:
     args = parse_args(__doc__)
-    repeats = 1 if args.quick else 3
+    repeats = 1 if args.quick else 2
     results = []
     table = Table(title=f"--workers 2 against one process, wall time of a whole run (best / median of {repeats})")
     for column in ("kind", "way", "best s", "median s", "workers speed-up", "same units as 1 thread"):

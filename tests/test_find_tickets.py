@@ -40,6 +40,9 @@ def test_find_tickets_prunes_any_module_by_its_schedule() -> None:
     kept = level2.kept()
     assert kept["0.weight"] == round(8 * 32 * 0.25) and kept["4.weight"] == round(16 * 3 * 0.64)
     assert all(0 <= u["test_acc"] <= 1 for u in tickets.units)
+    ticket = next(u for u in tickets.results("imp") if u["level"] == 2 and u["seed"] == 0)
+    assert ticket["macs"] == sum(kept.values())  # an MLP's MACs per example: one per kept weight
+    assert next(u for u in tickets.units if u["level"] == 0)["macs"] == 8 * 32 + 32 * 16 + 16 * 3
     assert not torch.equal(tickets.masks[2, 0]["0.weight"], tickets.masks[2, 1]["0.weight"])  # seeds differ
     assert [u["level"] for u in tickets.results("imp") if u["seed"] == 0] == [0, 1, 2]
 

@@ -154,6 +154,7 @@ def test_summarize_levels_hand_numbers() -> None:
         "test_acc_end_mean",
         "test_acc_end_std",
         "early_stop_iter_mean",
+        "macs_mean",
         "n_seeds",
         "test_acc_by_seed",
     }

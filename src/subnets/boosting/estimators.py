@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from subnets.boosting.losses import BinaryLogLoss, MultinomialDeviance, SquaredError
+from subnets.cost import Keep, RowCost, measure
 
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
@@ -52,7 +53,8 @@ def _extract(extractor: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
 class BoostedNet(nn.Module):
     """``out_bias + sum(stage_bias) + act(standardise(x) @ hidden_weight.T + hidden_bias) @ out_weight.T`` whose
     hidden units come in stages of ``units`` each; stage ``s`` adds ``units`` hidden units and ``stage_bias[s]``.
-    ``forward(x, stages=t)`` is exactly the boosted model after ``t`` stages."""
+    ``forward(x, stages=t)`` is exactly the boosted model after ``t`` stages, and ``subnets.cost.measure(net, x,
+    stages=t)`` its cost."""
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, bias: torch.Tensor, units: int,
                  activation: str, extractor: nn.Module | None = None) -> None:
@@ -84,6 +86,21 @@ class BoostedNet(nn.Module):
         t = self.stages if stages is None else stages
         m = t * self.units
         return self.features(x, m) @ self.out_weight[:, :m].T + self.out_bias + self.stage_bias[:t].sum(0)
+
+    def forward_cost(self, inputs: tuple, kwargs: dict, output: torch.Tensor, kept: Keep) -> RowCost:
+        """Per example, the stages this call used (:mod:`subnets.cost`): their hidden and output products and
+        parameters, the output bias, and the extractor's cost, measured on the same inputs."""
+        x, stages = inputs[0], kwargs.get("stages", inputs[1] if len(inputs) > 1 else None)
+        t = self.stages if stages is None else stages
+        m = t * self.units
+        weights = int(kept(self.hidden_weight)[:m].sum() + kept(self.out_weight)[:, :m].sum())
+        biases = int(kept(self.hidden_bias)[:m].sum() + kept(self.out_bias).sum() + kept(self.stage_bias)[:t].sum())
+        macs = torch.full((len(x),), weights, dtype=torch.int64)
+        active = torch.full((len(x),), weights + biases, dtype=torch.float64)
+        if self.extractor is not None:
+            extractor = measure(self.extractor, x, {name: kept(p) for name, p in self.extractor.named_parameters()})
+            macs, active = macs + extractor.macs_per_example, active + extractor.active_per_example
+        return RowCost(macs, active)
 
     @torch.no_grad()
     def add_stage(self, weight: torch.Tensor, bias: torch.Tensor, out_weight: torch.Tensor,

@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from subnets.cost import Keep, RowCost, measure
 from subnets.experts.layer import Experts, MoE
 
 
@@ -26,6 +27,12 @@ class DenseFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block.expert(0, x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+    def forward_cost(self, inputs: tuple, kwargs: dict, output: torch.Tensor, kept: Keep) -> RowCost:
+        """Every token uses the whole block (:mod:`subnets.cost`)."""
+        tokens = output.numel() // output.shape[-1]
+        macs, params = self.block.sizes(kept)
+        return RowCost(macs.expand(tokens), params.expand(tokens))
 
 
 class FeedForwardClassifier(nn.Module):
@@ -46,11 +53,17 @@ class FeedForwardClassifier(nn.Module):
         return self.ffn if isinstance(self.ffn, MoE) else None
 
 
-def active_parameters(model: nn.Module) -> int:
-    """Parameters a token uses: all of them, minus the routed experts it does not go to."""
-    total = sum(p.numel() for p in model.parameters())
-    moes = [m for m in model.modules() if isinstance(m, MoE)]
-    for moe in moes:
-        per_expert = sum(p[0].numel() for p in moe.experts.parameters())
-        total -= (moe.num_experts - moe.router.k) * per_expert
-    return total
+def active_parameters(model: FeedForwardClassifier, inputs: torch.Tensor | None = None) -> int:
+    """Parameters a token uses, averaged over ``inputs`` and rounded, as :func:`subnets.cost.measure` counts them
+    from the routing taken: all of them, minus the routed experts a token does not go to.
+
+    Without ``inputs`` one all-zero example stands in. Any example gives the same count then: a token uses the
+    router, the shared experts and exactly ``k`` routed experts of one size (one token never overflows a
+    capacity). With null experts the count depends on the inputs, which must then be given.
+    """
+    moe = model.moe()
+    if inputs is None:
+        if moe is not None and moe.router.num_experts > moe.num_experts:
+            raise ValueError("with null experts the active parameters depend on the routing: pass inputs")
+        inputs = torch.zeros(1, model.embed.in_features, device=model.embed.weight.device)
+    return round(measure(model, inputs).active_parameters)

@@ -11,6 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from subnets.cost import measure
 from subnets.data import Dataset
 from subnets.experts.balancing import (
     DIAGNOSTICS,
@@ -193,6 +194,7 @@ class MoEExperiment:
             result.update({f"{name}_end": float(tail[i]) for i, name in enumerate(DIAGNOSTICS)})
             result["test_routing"] = self._test_routing(model, moe)
             tensors["diagnostics"] = {"per_step": hooks.diagnostics.cpu(), "load": hooks.load.cpu()}
+        result["macs"] = measure(model, self.data.x_test).macs  # per example, by the test set's routing
         return result, tensors
 
     @torch.no_grad()

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from subnets.cost import Keep, RowCost
 from subnets.experts import cpu_kernel
 from subnets.experts.routing import Router, Routing
 
@@ -416,6 +417,13 @@ class Experts(nn.Module):
             return (F.silu(gate) * up) @ self.w_out[index]
         return self.activation(hidden + self.b_in[index]) @ self.w_out[index] + self.b_out[index]
 
+    def sizes(self, kept: Keep) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(E,)`` each: an expert's MACs per token (its kept weights; biases add none) and its active
+        parameters (those weights and its biases), counting only what ``kept`` keeps (see :mod:`subnets.cost`)."""
+        macs = kept(self.w_in).flatten(1).sum(1) + kept(self.w_out).flatten(1).sum(1)
+        biases = [kept(b).flatten(1).sum(1) for b in (self.b_in, self.b_out) if b is not None]
+        return macs, macs + sum(biases, torch.zeros_like(macs))
+
     def forward(self, tokens: torch.Tensor, counts: list[int], index: torch.Tensor | None = None,
                 weights: torch.Tensor | None = None) -> torch.Tensor:
         """Run expert i on the i-th slice of ``tokens`` (sorted by expert; ``counts[i]`` rows each).
@@ -446,7 +454,8 @@ class MoE(nn.Module):
     ``num_experts`` routed experts of width ``hidden``, ``k`` per token, plus ``shared`` always-on experts
     and ``null`` zero-output experts the router may choose (indices ``num_experts`` and up). After a forward
     pass, ``last_routing`` holds the routing decision, with ``kept`` marking the (token, choice) pairs that
-    were computed (for balancing losses and diagnostics).
+    were computed (for balancing losses and diagnostics, and for :func:`subnets.cost.measure`, which counts each
+    token's MACs and active parameters from it).
     """
 
     def __init__(self, dim: int, hidden: int, num_experts: int, k: int, *, shared: int = 0, null: int = 0,
@@ -484,3 +493,18 @@ class MoE(nn.Module):
             for i in range(self.shared.num_experts):
                 combined = combined + self.shared.expert(i, tokens)
         return combined.reshape(x.shape)
+
+    def forward_cost(self, inputs: tuple, kwargs: dict, output: torch.Tensor, kept: Keep) -> RowCost:
+        """Per token, from the routing of the forward call just made (:mod:`subnets.cost`): the router's product,
+        the routed experts that computed the token (a null expert or a pair dropped for capacity costs nothing)
+        and every shared expert."""
+        routing = self.last_routing
+        router = kept(self.router.gate.weight).sum()
+        macs, params = self.experts.sizes(kept)
+        chosen = routing.experts.clamp(max=self.num_experts - 1)  # null choices are never kept
+        token_macs = router + (macs[chosen] * routing.kept).sum(1)
+        token_params = router + (params[chosen] * routing.kept).sum(1)
+        if self.shared is not None:
+            shared_macs, shared_params = self.shared.sizes(kept)
+            token_macs, token_params = token_macs + shared_macs.sum(), token_params + shared_params.sum()
+        return RowCost(token_macs, token_params)

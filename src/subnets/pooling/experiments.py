@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
+from subnets.cost import measure
 from subnets.data import Dataset
 from subnets.models import build_model
 from subnets.pooling.factory import pool_names, swap_pooling
@@ -95,7 +96,8 @@ class PoolingExperiment:
                 learned.update({f"{name}.{key}": value.detach().cpu().flatten().tolist()
                                 for key, value in module.named_parameters() if value.numel() <= _REPORTED_SIZE})
         result = {"pool": pool, "seed": seed, "baseline": self.config.baseline, "swapped": swapped,
-                  "parameters": sum(p.numel() for p in model.parameters()), "learned": learned,
+                  "parameters": sum(p.numel() for p in model.parameters()),
+                  "macs": measure(model, self.data.x_test[:1]).macs, "learned": learned,
                   **outcome.summary()}
         return result, {"final": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from subnets.cost import Keep, RowCost
 from subnets.pooling.windows import (
     AVG_POOL,
     MAX_POOL,
@@ -74,6 +75,19 @@ class SpatialPool(nn.Module):
     def pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
         """Pool ``x`` (already checked) with ``kernel`` and ``stride``; subclasses define it."""
         raise NotImplementedError
+
+    def forward_cost(self, inputs: tuple, kwargs: dict, output: torch.Tensor, kept: Keep) -> RowCost:
+        """Per example (see :mod:`subnets.cost`): a learned weight over the window (a gate, a tree's leaves) is one
+        multiply-accumulate per window position per output value; element-wise parameters (GeM's p, a mixing
+        alpha) cost none. The op's own parameters are active."""
+        window = math.prod(self.kernel_size)
+        weights = sum(int(kept(p).sum()) for p in self.parameters(recurse=False)
+                      if tuple(p.shape[-self.dim:]) == self.kernel_size) // window
+        rows = output.shape[0]
+        per_example = output[0].numel() * weights * window
+        active = sum(int(kept(p).sum()) for p in self.parameters(recurse=False))
+        return RowCost(torch.full((rows,), per_example, dtype=torch.int64),
+                       torch.full((rows,), float(active), dtype=torch.float64))
 
     def extra_repr(self) -> str:
         if self.global_pool:
@@ -270,6 +284,8 @@ class StochasticPool(SpatialPool):
 class ConvPool(_LearnedWindow):
     """The All-Convolutional Net's replacement of pooling: a learned convolution with the pool's kernel and
     stride, ``channels`` in and out."""
+
+    forward_cost = None  # not counted as a whole: subnets.cost counts its convolution as a layer
 
     def __init__(self, channels: int, dim: int = 2, kernel_size: int | Sequence[int] = 2,
                  stride: int | Sequence[int] | None = None, global_pool: bool = False, *,

@@ -12,6 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
+from subnets.cost import measure
 from subnets.data import Dataset
 from subnets.masks import Mask, global_magnitude, layerwise_magnitude, random_like_counts
 from subnets.models import build_model, prunable_layers
@@ -248,8 +249,8 @@ class LotteryExperiment:
         key = step_key(*unit)
         result = {
             "level": level, "branch": branch, "seed": seed, "weights_remaining": mask.density(),
-            "layer_density": mask.per_layer(), "start_iteration": start, "population": population,
-            **outcome.summary(),
+            "layer_density": mask.per_layer(), "macs": measure(model, self.data.x_test[:1], mask).macs,
+            "start_iteration": start, "population": population, **outcome.summary(),
         }
         tensors: dict[str, Tensors] = {}
         if branch == "imp":

@@ -41,6 +41,7 @@ def moe_rows(units: Units) -> list[dict[str, str]]:
             "variant": variant,
             "seeds": str(len(group)),
             "params (active / total)": f"{group[0]['active_parameters']:,} / {group[0]['parameters']:,}",
+            "MACs / example (test)": mean_std(values(group, "macs"), 1, 0),
             "test acc % (early stop)": mean_std(values(group, "test_acc"), 100),
             "test acc % (end)": mean_std(values(group, "test_acc_end"), 100),
             "MaxVio, last 10% of training": mean_std(values(group, "max_violation_end"), 1, 3),

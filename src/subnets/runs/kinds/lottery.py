@@ -54,6 +54,7 @@ def summarize_levels(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "test_acc_end_mean": end_mean,
                 "test_acc_end_std": end_std,
                 "early_stop_iter_mean": _mean_std(_values(group, "early_stop_iter"))[0],
+                "macs_mean": _mean_std(_values(group, "macs"))[0],
                 "n_seeds": len({u.get("seed") for u in group}),
                 "test_acc_by_seed": {u.get("seed", 0): float(u["test_acc"]) for u in group
                                      if u.get("test_acc") is not None},
@@ -440,6 +441,7 @@ def lottery_rows(run: dict[str, Any], units: list[dict[str, Any]]) -> list[dict[
             "level": str(r["level"]),
             "branch": r["branch"],
             "weights %": "–" if r["weights_remaining"] is None else f"{100 * r['weights_remaining']:.3g}",
+            "MACs / example": "–" if r["macs_mean"] is None else f"{r['macs_mean']:,.0f}",
             "test acc % (early stop)": _fmt_acc(r["test_acc_mean"], r["test_acc_std"]),
             "test acc % (end)": _fmt_acc(r["test_acc_end_mean"], r["test_acc_end_std"]),
             "early-stop iter": "–" if r["early_stop_iter_mean"] is None else f"{r['early_stop_iter_mean']:.0f}",

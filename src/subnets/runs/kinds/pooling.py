@@ -73,6 +73,7 @@ def pooling_rows(units: Units) -> list[dict[str, str]]:
         rows.append({
             "pool": pool,
             "seeds": str(len(group)),
+            "MACs / example": "–" if group[0].get("macs") is None else f"{group[0]['macs']:,.0f}",
             "test acc % (early stop)": mean_std(values(group, "test_acc"), 100),
             "test acc % (end)": mean_std(values(group, "test_acc_end"), 100),
             f"Δ vs {_baseline(units)} (pts) [95% CI]": "baseline" if test is None else (
