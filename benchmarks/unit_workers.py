@@ -33,7 +33,6 @@ RECIPES = {
 }
 WAYS = {"one process, default threads": [], "one process, 1 thread": ["--threads", "1"],
         "--workers 2 (1 thread each)": ["--workers", "2", "--threads", "2"]}
-TIMING_KEYS = {"seconds", "fit_seconds", "train_seconds"}
 
 
 def _run(recipe: str, overrides: list[str], flags: list[str], store: Path) -> tuple[float, list[dict]]:
@@ -48,7 +47,7 @@ def _run(recipe: str, overrides: list[str], flags: list[str], store: Path) -> tu
         raise SystemExit(f"{' '.join(command)} exited {done.returncode}: {done.stderr}")
     shown = subprocess.run([sys.executable, "-m", "subnets", "show", done.stdout.split()[1], "--store", str(store),
                             "--json"], capture_output=True, text=True, check=True)
-    units = [{k: v for k, v in u.items() if k not in TIMING_KEYS} for u in json.loads(shown.stdout)["units"]]
+    units = [{k: v for k, v in u.items() if not k.endswith("seconds")} for u in json.loads(shown.stdout)["units"]]
     return seconds, units
 
 

@@ -74,25 +74,12 @@ class LayerCost:
 
 
 @dataclass(frozen=True, eq=False)
-class Cost:
+class Cost(LayerCost):
     """A model's ``parameters`` (all of them, pruned weights included), each example's MACs and active parameters
-    (``(N,)``), and ``layers``: module name -> :class:`LayerCost` of every counted module that ran, in the order
-    they first ran (the model itself is ``""``)."""
+    (``(N,)``, with their means ``macs`` and ``active_parameters``), and ``layers``: module name ->
+    :class:`LayerCost` of every counted module that ran, in the order they first ran (the model itself is ``""``)."""
 
-    parameters: int
-    macs_per_example: torch.Tensor
-    active_per_example: torch.Tensor
     layers: dict[str, LayerCost]
-
-    @property
-    def macs(self) -> float:
-        """Mean MACs per example."""
-        return float(self.macs_per_example.double().mean())
-
-    @property
-    def active_parameters(self) -> float:
-        """Mean active parameters per example."""
-        return float(self.active_per_example.mean())
 
     def summary(self) -> dict[str, float]:
         """``parameters``, ``active_parameters`` and ``macs`` (means per example), for tables and JSON."""

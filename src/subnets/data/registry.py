@@ -287,11 +287,16 @@ def check_call(what: str, function: Callable[..., Any], args: tuple[Any, ...], o
         raise ValueError(f"{what}: {error}") from None
 
 
-def _dataset_factory(path: str) -> Callable[..., Any]:
+def import_callable(path: str, what: str) -> Callable[..., Any]:
+    """The callable at import path ``path``; a one-line ValueError naming ``what`` (e.g. "model") if it is not."""
     factory = import_object(path)
     if not callable(factory):
-        raise ValueError(f"dataset {path!r} is not callable: {type(factory).__name__}")
+        raise ValueError(f"{what} {path!r} is not callable: {type(factory).__name__}")
     return factory
+
+
+def _dataset_factory(path: str) -> Callable[..., Any]:
+    return import_callable(path, "dataset")
 
 
 def check_dataset_name(name: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from subnets.data.registry import check_call, import_object, is_import_path
+from subnets.data.registry import check_call, import_callable, is_import_path
 
 Builder = Callable[..., nn.Module]
 
@@ -50,10 +50,7 @@ def _option_names(build: Builder) -> list[str]:
 
 
 def _factory(path: str) -> Builder:
-    factory = import_object(path)
-    if not callable(factory):
-        raise ValueError(f"model {path!r} is not callable: {type(factory).__name__}")
-    return factory
+    return import_callable(path, "model")
 
 
 def check_model_name(name: str) -> str:
