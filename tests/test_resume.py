@@ -78,7 +78,9 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tiny_recipe, t
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert len(children) >= (workers if workers > 1 else 0)
-    assert _gone(children, within=10), [(p, _state(p)) for p in children]
+    # An orphan exits within a second when idle or at its next evaluation; a worker still starting (importing torch,
+    # receiving the data) on a loaded machine takes longer to get there.
+    assert _gone(children, within=30), [(p, _state(p)) for p in children]
 
     store = Store(killed_store)
     [run] = store.runs()
