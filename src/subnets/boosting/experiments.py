@@ -153,7 +153,7 @@ class BoostingTabularExperiment:
 
     def run(self, steps: StepStore) -> list[dict[str, Any]]:
         """Run (or resume) every table, method and fold, each stored as one step."""
-        workers = UnitWorkers(self.workers, partial(_unit, self.config, str(self.device)))
+        workers = UnitWorkers(self.workers, partial(_unit, self.config, str(self.device))) if self.workers > 1 else None
         return run_units(steps, self.progress, "boosting", self.units(), self._fit,
                          lambda r: f"{'accuracy' if 'accuracy' in r else 'R2'} {r['score']:.4f}, "
                                    f"fit {r['fit_seconds']:.1f}s", workers)

@@ -162,7 +162,8 @@ class MoEExperiment:
 
     def run(self, steps: StepStore) -> list[dict[str, Any]]:
         """Run (or resume) every variant and seed, storing each training as one step."""
-        workers = UnitWorkers(self.workers, partial(_moe_unit, self.config, self.data.to("cpu"), str(self.device)))
+        workers = UnitWorkers(self.workers, partial(_moe_unit, self.config, self.data.to("cpu"), str(self.device))) \
+            if self.workers > 1 else None
         return run_trainings(steps, self.progress, "moe", self.config.variants, self.config.seeds, self._train,
                              self._describe, workers)
 
@@ -186,25 +187,24 @@ class MoEExperiment:
             "active_parameters": active_parameters(model), **outcome.summary(),
         }
         tensors: dict[str, Tensors] = {"final": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+        # Per example, by the test set's routing; the forward pass leaves that routing in the MoE for test_routing.
+        result["macs"] = measure(model, self.data.x_test).macs
         if moe is not None and hooks is not None:
             ends, means = windowed(hooks.diagnostics)
             result["diagnostics"] = {"iteration": ends,
                                      **{name: means[:, i].tolist() for i, name in enumerate(DIAGNOSTICS)}}
             tail = hooks.diagnostics[-max(1, len(hooks.diagnostics) // 10):].mean(0)
             result.update({f"{name}_end": float(tail[i]) for i, name in enumerate(DIAGNOSTICS)})
-            result["test_routing"] = self._test_routing(model, moe)
+            result["test_routing"] = routing_diagnostics(moe)
             tensors["diagnostics"] = {"per_step": hooks.diagnostics.cpu(), "load": hooks.load.cpu()}
-        result["macs"] = measure(model, self.data.x_test).macs  # per example, by the test set's routing
         return result, tensors
 
-    @torch.no_grad()
-    def _test_routing(self, model: FeedForwardClassifier, moe: MoE) -> dict[str, Any]:
-        """Load diagnostics of the trained router over the whole test set, as used at inference."""
-        model.eval()
-        model(self.data.x_test)
-        routing = moe.last_routing
-        return {**load_diagnostics(routing, moe.num_experts),
-                "load": routing.load()[: moe.num_experts].tolist()}
+
+def routing_diagnostics(moe: MoE) -> dict[str, Any]:
+    """Load diagnostics of the trained router over the whole test set, as used at inference: from the routing of
+    the MoE's last forward pass, which must have been the test set in evaluation mode."""
+    routing = moe.last_routing
+    return {**load_diagnostics(routing, moe.num_experts), "load": routing.load()[: moe.num_experts].tolist()}
 
 
 def _moe_unit(config: MoEConfig, data: Dataset, device: str, progress: Progress) -> Unit:

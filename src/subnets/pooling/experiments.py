@@ -79,7 +79,8 @@ class PoolingExperiment:
 
     def run(self, steps: StepStore) -> list[dict[str, Any]]:
         """Run (or resume) every pool and seed, storing each training as one step."""
-        workers = UnitWorkers(self.workers, partial(_unit, self.config, self.data.to("cpu"), str(self.device)))
+        workers = UnitWorkers(self.workers, partial(_unit, self.config, self.data.to("cpu"), str(self.device))) \
+            if self.workers > 1 else None
         return run_trainings(steps, self.progress, "pooling", self.config.pools, self.config.seeds, self._train,
                              lambda result: f"test acc {100 * result['test_acc']:.2f}%, {result['seconds']:.1f}s",
                              workers)

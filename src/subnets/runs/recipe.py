@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from subnets.runs.kinds import Kind, get_kind
+from subnets.runs.kinds import Kind, get_kind, kind_names
 
 if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
@@ -84,8 +84,6 @@ def recipe_kind(raw: dict[str, Any], origin: str = "recipe") -> Kind:
     try:
         return get_kind(str(name))
     except KeyError:
-        from subnets.runs.kinds import kind_names
-
         raise RecipeError(f"{origin}: kind: must be one of {', '.join(kind_names())} (got {name!r})") from None
 
 

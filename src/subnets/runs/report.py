@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from subnets.runs.kinds import get_kind
+from subnets.runs.kinds import find_kind
 from subnets.runs.pages import atomic_write, esc, unit_page
 
 
@@ -21,10 +21,8 @@ def write_report(run: dict[str, Any], units: list[dict[str, Any]], out_dir: Path
     """Write the report of ``run`` (its page and plots) into ``out_dir`` and return the page's path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        body = get_kind(run.get("kind", "")).page
-    except KeyError:
-        body = unit_page
+    kind = find_kind(run.get("kind", ""))
+    body = kind.page if kind is not None else unit_page
     index = out_dir / "index.html"
     atomic_write(index, _page(run, body(run, units, out_dir)).encode("utf-8"))
     return index

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from subnets.progress import SILENT, Progress
-from subnets.runs.kinds import EXECUTION_SETTINGS, Kind, KindUnavailable, get_kind
+from subnets.runs.kinds import EXECUTION_SETTINGS, Kind, find_kind
 from subnets.runs.recipe import RecipeError, read_recipe, recipe_kind, run_id, validate_recipe
 from subnets.runs.report import write_report
 from subnets.runs.store import Store
@@ -71,8 +71,8 @@ def run_recipe(path: Path | str, overrides: list[str], store: Store, device: str
     ``execution`` holds the run's execution settings (``workers``, ``population_size``, ``sparse_below``), which
     are not part of the recipe. Everything that can be checked is checked before the store is touched: the
     recipe, the settings against its kind, the kind's packages, the data, the model and the kind's own rules. A
-    problem there raises :class:`RecipeError` (:class:`KindUnavailable` for a missing package) and leaves the store
-    as it was.
+    problem there raises :class:`RecipeError` (:class:`~subnets.runs.kinds.KindUnavailable` for a missing package)
+    and leaves the store as it was.
     """
     raw = read_recipe(path, overrides)
     kind = recipe_kind(raw, str(path))
@@ -86,8 +86,6 @@ def run_recipe(path: Path | str, overrides: list[str], store: Store, device: str
     torch_device = resolve_device(device)
     try:
         prepared = kind.prepare(recipe, torch_device, progress, Execution(**(execution or {})))
-    except KindUnavailable:
-        raise
     except ValueError as error:
         raise RecipeError(f"{path}: {error}") from None
     identifier = run_id(recipe, prepared.identity)
@@ -107,20 +105,12 @@ def run_recipe(path: Path | str, overrides: list[str], store: Store, device: str
     return identifier
 
 
-def _kind_of(record: dict[str, Any]) -> Kind | None:
-    """The kind of a stored run, or None when it is not registered in this process."""
-    try:
-        return get_kind(record["kind"])
-    except KeyError:
-        return None
-
-
 def show(store: Store, run: str) -> dict[str, Any]:
     """The stable JSON view of a run: its record plus one row per finished step (``units``; a lottery run also has
     them as ``levels``, the name they had before every kind shared this view), in the kind's unit order."""
     record = store.run(run)
     units = store.results(record["id"])
-    kind = _kind_of(record)
+    kind = find_kind(record["kind"])
     if kind is not None and kind.unit_order is not None:
         units = sorted(units, key=kind.unit_order)
     view = {**record, "units": units}
@@ -134,7 +124,7 @@ def table(view: dict[str, Any], markdown: bool = False) -> list[dict[str, str]] 
     registered in this process gets one row per unit."""
     from subnets.runs.pages import markdown_table, unit_rows
 
-    kind = _kind_of(view)
+    kind = find_kind(view["kind"])
     if markdown:
         return kind.table_markdown(view, view["units"]) if kind else markdown_table(unit_rows(view, view["units"]))
     return kind.rows(view, view["units"]) if kind else unit_rows(view, view["units"])

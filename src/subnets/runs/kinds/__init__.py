@@ -182,6 +182,15 @@ def kind_names() -> list[str]:
     return sorted({*_BUILT_IN, *_REGISTERED})
 
 
+def find_kind(name: str) -> Kind | None:
+    """The record of kind ``name``, or None when no kind of that name is registered in this process (a stored run
+    of a kind registered elsewhere)."""
+    try:
+        return get_kind(name)
+    except KeyError:
+        return None
+
+
 def get_kind(name: str) -> Kind:
     """The record of kind ``name``; an unknown name is a KeyError listing the known ones."""
     if name in _REGISTERED:
