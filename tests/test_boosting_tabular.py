@@ -11,6 +11,7 @@ import pytest
 import torch
 from cli_invoke import invoke, run_recipe
 
+from subnets import catalogue
 from subnets.boosting import BoostedMLPClassifier
 from subnets.boosting import experiments as boosting_experiments
 from subnets.boosting.baselines import MLPSettings, TreeSettings, check_tree_packages, fit_mlp, fit_trees
@@ -59,7 +60,7 @@ def test_a_tensor_dataset_is_a_table_with_its_own_split() -> None:
     table = load_table("modular_addition")
     assert table.x.shape == (97 * 97, 2 * 97) and table.task == "classification" and table.classes == 97
     assert [len(table.split[s]) for s in ("fit", "val", "test")] == [4704, 2352, 2353]
-    assert table.source["dataset_sha256"] and "mnist1d" in boosting_experiments.table_names()
+    assert table.source["dataset_sha256"] and "mnist1d" in catalogue.table_names()
     with pytest.raises(ValueError, match="unknown table 'file'"):  # a dataset with a required option is not one
         load_table("file")
 
@@ -196,6 +197,9 @@ def test_a_run_stores_every_unit_with_truncation_curves_reproducibly(tmp_path) -
     assert mlp["truncation"]["units"] == [0, 8, 16, 24]
     assert mlp["truncation"]["score"][-1] == pytest.approx(mlp["r2"]) == mlp["truncation"]["score_magnitude"][-1]
     assert mlp["rmse"] > 0 and units["breast_cancer/lightgbm/0"]["rounds"] >= 1
+    # MACs per example of k hidden units: k * (features + outputs), whichever network they belong to
+    assert curve["macs"] == [8 * t * (30 + 1) for t in range(boosted["stages"] + 1)]  # one logit for two classes
+    assert mlp["truncation"]["macs"] == [k * (10 + 1) for k in (0, 8, 16, 24)]
     assert units["breast_cancer/boosted/0"]["rows"] == units["breast_cancer/hist-gb/0"]["rows"]
 
     code, stdout, _ = _run(tmp_path / "b", TINY)

@@ -14,6 +14,7 @@ from subnets.boosting import BoostedNet
 from subnets.cost import measure
 from subnets.experts import MoE, cpu_kernel
 from subnets.experts.classifier import DenseFeedForward, FeedForwardClassifier, active_parameters
+from subnets.experts.moefy import FeedForwardSite, MoefiedFeedForward, split_block
 from subnets.masks import Mask
 from subnets.models import build_model, model_names, prunable_layers
 
@@ -311,3 +312,93 @@ def test_pooling_ops_count_their_window_weights_and_a_conv_pool_its_convolution(
     assert measure(create_pool("tree", 1), x).macs == 12 * 2 * 3  # a gate and two leaves per output value
     conv = measure(create_pool("conv", 1, channels=3), x)
     assert conv.macs == 4 * 3 * 3 * 2 and conv.active_parameters == 3 * 3 * 2 + 3  # the convolution, as a layer
+
+
+GROUPS = [[0, 3, 5], [1], [2, 4]]  # uneven: experts padded to width 3, 9 slots for 6 real neurons
+
+
+def _moefied(k: int, router: nn.Module | None = None) -> tuple[MoefiedFeedForward, nn.Module]:
+    """A dense FFN 4 -> 6 (ReLU) -> 3 and the same block split into the experts ``GROUPS``, ``k`` per token."""
+    torch.manual_seed(10)
+    linear_in, linear_out = nn.Linear(4, 6), nn.Linear(6, 3)
+    groups = [torch.tensor(g) for g in GROUPS]
+    site = FeedForwardSite("ffn", linear_in, "relu", linear_out, lambda block: None)
+    block = MoefiedFeedForward(split_block(site, groups), linear_out.bias.detach(),
+                               nn.Linear(4, 3) if router is None else router, k, groups)
+    return block, nn.Sequential(linear_in, nn.ReLU(), linear_out)
+
+
+def _by_hand(choice: list[list[int]], router_macs: int, router_params: int) -> tuple[list[int], list[int]]:
+    """Each token's MACs and active parameters: its experts' real neurons (w_in, w_out; b_in), the router,
+    bias_out."""
+    neurons = [sum(len(GROUPS[e]) for e in row) for row in choice]
+    return ([router_macs + n * (4 + 3) for n in neurons], [router_params + n * (4 + 1 + 3) + 3 for n in neurons])
+
+
+@pytest.mark.parametrize("router", ["linear", "mlp"])
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_moefied_block_costs_its_chosen_experts_real_neurons_and_its_router(k: int, router: str) -> None:
+    module, router_macs, router_params = nn.Linear(4, 3), 4 * 3, 4 * 3 + 3
+    if router == "mlp":
+        module, router_macs, router_params = (nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)),
+                                              4 * 5 + 5 * 3, 4 * 5 + 5 + 5 * 3 + 3)
+    block, _ = _moefied(k, module)
+    x = torch.randn(6, 4, 4)  # 6 examples of 4 tokens
+    cost = measure(block, x)
+    choice = block.last_choice.tolist()
+    assert len(choice) == 24 and all(len(set(row)) == k for row in choice)
+    macs, params = _by_hand(choice, router_macs, router_params)
+    assert cost.macs_per_example.tolist() == torch.tensor(macs).reshape(6, 4).sum(1).tolist()
+    torch.testing.assert_close(cost.active_per_example, torch.tensor(params, dtype=torch.float64).reshape(6, 4).mean(1))
+    assert len(set(macs)) > 1  # tokens chose experts of different sizes
+
+
+def test_a_masked_moefied_block_costs_the_kept_weights_of_real_neurons_only() -> None:
+    block, _ = _moefied(2)
+    torch.manual_seed(11)
+    mask = {name: torch.rand(p.shape) < 0.5 for name, p in block.named_parameters()
+            if name in ("experts.w_in", "experts.w_out", "experts.b_in", "router.weight")}
+    x = torch.randn(5, 4)
+    cost = measure(block, x, mask)
+    sizes = [len(g) for g in GROUPS]
+    expert_macs = [int(mask["experts.w_in"][e, :, :n].sum() + mask["experts.w_out"][e, :n].sum())
+                   for e, n in enumerate(sizes)]
+    expert_params = [expert_macs[e] + int(mask["experts.b_in"][e, :n].sum()) for e, n in enumerate(sizes)]
+    router = int(mask["router.weight"].sum())
+    choice = block.last_choice.tolist()
+    assert cost.macs_per_example.tolist() == [router + sum(expert_macs[e] for e in row) for row in choice]
+    assert cost.active_per_example.tolist() == [router + 3 + sum(expert_params[e] for e in row) + 3
+                                                for row in choice]
+
+
+def test_a_moefied_block_with_every_expert_costs_what_the_dense_block_did() -> None:
+    block, dense = _moefied(3)
+    x = torch.randn(5, 4, 4)
+    cost, dense_cost = measure(block, x), measure(dense, x)
+    torch.testing.assert_close(block(x), dense(x))
+    assert dense_cost.macs == 4 * (4 * 6 + 6 * 3)
+    assert cost.macs_per_example.tolist() == dense_cost.macs_per_example.tolist()  # no padding, no router
+    assert cost.active_parameters == dense_cost.active_parameters == 4 * 6 + 6 + 6 * 3 + 3
+
+
+def test_an_oracle_costs_every_expert_and_random_choice_no_router() -> None:
+    block, _ = _moefied(1)
+    x = torch.randn(5, 4, 4)
+    block.selection = "oracle"
+    cost = measure(block, x)
+    assert cost.macs_per_example.tolist() == [4 * 6 * (4 + 3)] * 5
+    assert cost.active_parameters == 6 * (4 + 1 + 3) + 3
+    block.selection = "random"
+    torch.manual_seed(12)
+    cost = measure(block, x)
+    macs, params = _by_hand(block.last_choice.tolist(), 0, 0)
+    assert cost.macs_per_example.tolist() == torch.tensor(macs).reshape(5, 4).sum(1).tolist()
+    torch.testing.assert_close(cost.active_per_example, torch.tensor(params, dtype=torch.float64).reshape(5, 4).mean(1))
+
+
+def test_a_router_with_other_parameterised_modules_is_an_error() -> None:
+    block, _ = _moefied(1, nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)))
+    with pytest.raises(ValueError, match=r"module 'router.1' \(LayerNorm\)"):
+        measure(block, torch.randn(2, 4))
+    block.k = 3  # every expert runs: the router is not used, so not counted
+    assert measure(block, torch.randn(2, 4)).macs == 6 * (4 + 3)

@@ -68,6 +68,9 @@ def test_moefy_run_measures_accuracy_against_active_experts(tmp_path) -> None:
     for selection in ("router", "oracle", "random"):  # every expert active: the dense network exactly
         assert split["test_acc"][selection][-1] == dense["test_acc_final"]
     assert split["test_acc"]["router"][0] > split["test_acc"]["random"][0]
+    lenet = 784 * 300 + 300 * 100 + 100 * 10  # every expert active: the dense network's MACs, no router
+    assert split["macs"][-1] == lenet
+    assert split["macs"][0] < split["macs"][1] < split["macs"][2] < lenet  # fc1, the router, the chosen experts
     assert (Path(invoke("report", run_id, "--store", str(store))[1].split("report: ")[1].strip()).parent
             / "accuracy_vs_active.png").is_file()
 

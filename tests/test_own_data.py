@@ -20,7 +20,7 @@ from subnets.data import registry as data_registry
 from subnets.masks import Mask
 from subnets.models import build_model, prunable_layers
 from subnets.models import registry as model_registry
-from subnets.specs import DataSpec, ModelSpec
+from subnets.recipes.common import DataSpec, ModelSpec
 from subnets.train import TrainConfig, train
 
 OWN_MODULE = '''

@@ -595,7 +595,7 @@ def test_learned_layer_pools_pass_gradcheck_for_input_and_parameters() -> None:
 # Token ops.
 # ----------------------------------------------------------------------------------------------------------------
 
-TOKEN_OPS = ["mean", "max", "first", "last", "attention", "multihead"]
+TOKEN_POOLS = ["mean", "max", "first", "last", "attention", "multihead"]
 D = 8
 
 
@@ -614,7 +614,7 @@ def make_token_op(name: str) -> nn.Module:
     return m.to(DTYPE)
 
 
-@pytest.mark.parametrize("name", TOKEN_OPS)
+@pytest.mark.parametrize("name", TOKEN_POOLS)
 def test_token_op_matches_naive_loop_with_mask(name: str) -> None:
     torch.manual_seed(10)
     m = make_token_op(name)
@@ -628,7 +628,7 @@ def test_token_op_matches_naive_loop_with_mask(name: str) -> None:
         torch.testing.assert_close(m(x), naive_tokens(name, m, x, None), rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", TOKEN_OPS)
+@pytest.mark.parametrize("name", TOKEN_POOLS)
 def test_token_op_mask_none_equals_all_true_mask(name: str) -> None:
     torch.manual_seed(11)
     m = make_token_op(name)
@@ -637,7 +637,7 @@ def test_token_op_mask_none_equals_all_true_mask(name: str) -> None:
         torch.testing.assert_close(m(x), m(x, torch.ones(3, 5, dtype=torch.bool)), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", TOKEN_OPS)
+@pytest.mark.parametrize("name", TOKEN_POOLS)
 def test_padded_tokens_never_change_the_output(name: str) -> None:
     torch.manual_seed(12)
     m = make_token_op(name)
@@ -661,7 +661,7 @@ def test_padded_tokens_never_change_the_output(name: str) -> None:
         torch.testing.assert_close(got, m(x, compact_mask), rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", TOKEN_OPS)
+@pytest.mark.parametrize("name", TOKEN_POOLS)
 def test_token_op_row_without_real_tokens_gives_zeros(name: str) -> None:
     torch.manual_seed(13)
     m = make_token_op(name)
@@ -674,7 +674,7 @@ def test_token_op_row_without_real_tokens_gives_zeros(name: str) -> None:
     assert (y[0] != 0).any() and (y[2] != 0).any()
 
 
-@pytest.mark.parametrize("name", TOKEN_OPS)
+@pytest.mark.parametrize("name", TOKEN_POOLS)
 def test_token_op_wrong_rank_raises_value_error(name: str) -> None:
     m = make_token_op(name)
     with pytest.raises(ValueError):
@@ -687,7 +687,7 @@ def test_token_op_wrong_rank_raises_value_error(name: str) -> None:
 # Layer ops.
 # ----------------------------------------------------------------------------------------------------------------
 
-LAYER_OPS = ["mean", "max", "weighted", "attention"]
+LAYER_POOLS = ["mean", "max", "weighted", "attention"]
 
 
 def make_layer_op(name: str, num_layers: int, d: int) -> nn.Module:
@@ -705,7 +705,7 @@ def make_layer_op(name: str, num_layers: int, d: int) -> nn.Module:
     return m.to(DTYPE)
 
 
-@pytest.mark.parametrize("name", LAYER_OPS)
+@pytest.mark.parametrize("name", LAYER_POOLS)
 def test_layer_op_matches_naive_loop_for_list_and_stacked_inputs(name: str) -> None:
     torch.manual_seed(14)
     m = make_layer_op(name, 3, 6)

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from subnets.boosting.estimators import mean_and_scale
+from subnets.cost import Keep, RowCost
 from subnets.data.tables import Task
 from subnets.progress import SILENT, Progress
+from subnets.recipes.boosting import MLP_OPTIMIZERS, TREES
 
-MLP_OPTIMIZERS = ("adam", "sgd", "lbfgs")
-TREES = ("lightgbm", "xgboost", "hist-gb")
 _PACKAGES = {"lightgbm": ("lightgbm", "lightgbm"), "xgboost": ("xgboost", "xgboost-cpu")}
 
 
@@ -45,6 +45,16 @@ class HiddenLayerMLP(nn.Module):
             return self.out(torch.relu(self.hidden(z)))
         h = torch.relu(z @ self.hidden.weight[keep].T + self.hidden.bias[keep])
         return h @ self.out.weight[:, keep].T + self.out.bias
+
+    def forward_cost(self, inputs: tuple, kwargs: dict, output: torch.Tensor, kept: Keep) -> RowCost:
+        """Per example, the hidden units this call kept (:mod:`subnets.cost`): their input and output weights as
+        MACs, those and their biases plus the output bias as active parameters."""
+        x, keep = inputs[0], kwargs.get("keep", inputs[1] if len(inputs) > 1 else None)
+        units = torch.arange(self.hidden.out_features) if keep is None else keep.cpu()
+        weights = int(kept(self.hidden.weight)[units].sum() + kept(self.out.weight)[:, units].sum())
+        biases = int(kept(self.hidden.bias)[units].sum() + kept(self.out.bias).sum())
+        return RowCost(torch.full((len(x),), weights, dtype=torch.int64),
+                       torch.full((len(x),), weights + biases, dtype=torch.float64))
 
     def unit_order(self) -> torch.Tensor:
         """Hidden units from most to least important by magnitude: ``|w_in| * |w_out|`` (L2 norms)."""

@@ -10,7 +10,6 @@ the dataset's options (those without a default are required). Its ``kind`` says 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
 import inspect
 from collections.abc import Callable
@@ -21,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-DATASET_KINDS = ("images", "sequences", "arrays")
-"""The kinds whose datasets :func:`load_dataset` builds (a :class:`Dataset` of tensors)."""
-KINDS = (*DATASET_KINDS, "sentences", "tables")
+from subnets import catalogue
+from subnets.catalogue import TENSOR_KINDS, check_dataset_name, import_callable, is_import_path
+
+KINDS = (*TENSOR_KINDS, "sentences", "tables")
 DEFAULT_VAL_FRACTION = 0.1
 SPLITS = ("train", "val", "test")
 
@@ -192,6 +192,8 @@ def register_dataset(name: str, description: str = "", *, kind: str = "arrays", 
         _REGISTRY[name] = _Entry(build, kind, description, source,
                                  {p.name: p.default for p in params if p.default is not p.empty},
                                  tuple(p.name for p in params if p.default is p.empty), requires, sha256)
+        catalogue.add_dataset(name, kind, any(p.default is p.empty for p in params),
+                              f"{build.__module__}.{build.__qualname__}" if kind == "sentences" else "")
         return build
 
     return wrap
@@ -247,29 +249,6 @@ def dataset_info(checksums: bool = True) -> list[dict[str, Any]]:
     return rows
 
 
-def is_import_path(name: str) -> bool:
-    """Whether ``name`` is an import path ``"package.module:attribute"`` rather than a registered name."""
-    return ":" in name
-
-
-def import_object(path: str) -> Any:
-    """The object at ``"package.module:attribute"`` (the attribute may be dotted), imported.
-
-    Raises a one-line ValueError when the path is malformed, the module cannot be imported or has no such
-    attribute: ``cannot import 'foo.bar:baz': No module named 'foo'``.
-    """
-    module, _, attribute = path.partition(":")
-    if not module or not attribute or ":" in attribute:
-        raise ValueError(f"an import path is 'package.module:attribute', got {path!r}")
-    try:
-        found: Any = importlib.import_module(module)
-        for part in attribute.split("."):
-            found = getattr(found, part)
-    except (ImportError, AttributeError, SyntaxError) as error:
-        raise ValueError(f"cannot import {path!r}: {error}") from None
-    return found
-
-
 def check_call(what: str, function: Callable[..., Any], args: tuple[Any, ...], options: dict[str, Any]) -> None:
     """Raise ValueError naming an option ``function(*args, **options)`` would not accept (``what`` names it)."""
     try:
@@ -287,34 +266,8 @@ def check_call(what: str, function: Callable[..., Any], args: tuple[Any, ...], o
         raise ValueError(f"{what}: {error}") from None
 
 
-def import_callable(path: str, what: str) -> Callable[..., Any]:
-    """The callable at import path ``path``; a one-line ValueError naming ``what`` (e.g. "model") if it is not."""
-    factory = import_object(path)
-    if not callable(factory):
-        raise ValueError(f"{what} {path!r} is not callable: {type(factory).__name__}")
-    return factory
-
-
 def _dataset_factory(path: str) -> Callable[..., Any]:
     return import_callable(path, "dataset")
-
-
-def check_dataset_name(name: str) -> str:
-    """``name`` if it is a registered tensor dataset or an importable factory; else a one-line ValueError."""
-    if is_import_path(name):
-        _dataset_factory(name)
-    elif name not in dataset_names(*DATASET_KINDS):
-        if name in _REGISTRY:
-            raise ValueError(_not_tensors(name))
-        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(dataset_names(*DATASET_KINDS))}; or an "
-                         "import path 'package.module:factory'")
-    return name
-
-
-def _not_tensors(name: str) -> str:
-    entry = _REGISTRY[name]
-    loader = "subnets.data.load_table" if entry.kind == "tables" else f"{entry.build.__module__}.{entry.build.__name__}"
-    return f"dataset '{name}' holds {entry.kind}, not tensors: load it with {loader}"
 
 
 def validate_options(name: str, options: dict[str, Any]) -> None:

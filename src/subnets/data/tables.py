@@ -21,10 +21,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from subnets.catalogue import table_names
 from subnets.data.registry import (
-    DATASET_KINDS,
     build_registered,
-    dataset_info,
     load_dataset,
     register_dataset,
     registered_in_order,
@@ -124,12 +123,6 @@ _generated("regression_20k", "regression", "20,000 rows x 20 features (10 inform
            "make_regression", GENERATED_ROWS, 20, n_informative=10, noise=10.0, random_state=0)
 _generated("friedman1_20k", "regression", "Friedman #1, 20,000 rows x 10 features, noise 1, regression",
            "make_friedman1", GENERATED_ROWS, 10, noise=1.0, random_state=0)
-
-
-def table_names() -> list[str]:
-    """The tables :func:`load_table` knows: the registered ones in order, then the flattened tensor datasets."""
-    flattened = [d["name"] for d in dataset_info(checksums=False) if d["kind"] in DATASET_KINDS and not d["required"]]
-    return [*registered_in_order("tables"), *flattened]
 
 
 def _flattened(name: str) -> Table:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from subnets.cost import measure
@@ -29,75 +28,22 @@ from subnets.experts.layer import MoE
 from subnets.experts.moefy import MoefiedFeedForward, block_inputs, find_site, moefy
 from subnets.models import build_model
 from subnets.progress import SILENT, Progress
-from subnets.specs import ExperimentSpec, ModelSpec
+from subnets.recipes.experts import BalancingSpec, MoEConfig, MoefyConfig
 from subnets.steps import StepStore, Tensors, Unit, UnitWorkers, derive_seed, run_trainings, store_step
-from subnets.train import TrainConfig, evaluate, train
-
-DENSE_VARIANTS = ("dense-active", "dense-total")
-STRATEGIES = ("none", "switch-micro", "switch-global", "switch-z", "loss-free", "balanced")
+from subnets.train import evaluate, train
 
 
-class MoEModelSpec(BaseModel):
-    """``[model]`` of a ``moe`` recipe: the classifier's width and its MoE block."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    dim: int = Field(128, ge=1)
-    hidden: int = Field(64, ge=1)
-    experts: int = Field(8, ge=1)
-    k: int = Field(2, ge=1)
-    expert_kind: Literal["mlp", "swiglu"] = "mlp"
-    activation: Literal["gelu", "relu"] = "gelu"
-
-    @model_validator(mode="after")
-    def _k(self) -> MoEModelSpec:
-        if self.k > self.experts:
-            raise ValueError(f"k ({self.k}) must not exceed experts ({self.experts})")
-        return self
-
-
-class BalancingSpec(BaseModel):
-    """``[balancing]``: the coefficients of the strategies and how many micro-batches a batch is split into
-    for the Switch loss (``switch-micro`` counts loads per micro-batch, ``switch-global`` over the batch)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    switch_coef: float = Field(0.01, ge=0)
-    z_coef: float = Field(1e-3, ge=0)
-    bias_rate: float = Field(1e-3, gt=0)
-    micro_batches: int = Field(4, ge=1)
-
-    def strategy(self, name: str) -> NoBalancing:
-        """The strategy object called ``name`` (one of :data:`STRATEGIES`)."""
-        return {
-            "none": NoBalancing,
-            "switch-micro": lambda: SwitchLoss(self.switch_coef, "micro"),
-            "switch-global": lambda: SwitchLoss(self.switch_coef, "global"),
-            "switch-z": lambda: Balancing(SwitchLoss(self.switch_coef, "micro"), ZLoss(self.z_coef)),
-            "loss-free": lambda: LossFreeBias(self.bias_rate),
-            "balanced": BalancedAssignment,
-        }[name]()
-
-
-class MoEConfig(ExperimentSpec):
-    """A mixture-of-experts recipe (``kind = "moe"``): one training per variant and seed."""
-
-    kind: Literal["moe"] = "moe"
-    model: MoEModelSpec = Field(default_factory=MoEModelSpec)
-    train: TrainConfig
-    balancing: BalancingSpec = Field(default_factory=BalancingSpec)
-    variants: list[Literal["dense-active", "dense-total", "none", "switch-micro", "switch-global", "switch-z",
-                           "loss-free", "balanced"]] = Field(default_factory=lambda: [*DENSE_VARIANTS, *STRATEGIES],
-                                                            min_length=1)
-
-    @model_validator(mode="after")
-    def _distinct(self) -> MoEConfig:
-        if len(set(self.variants)) != len(self.variants):
-            raise ValueError("variants must be distinct")
-        if self.train.batch_size % self.balancing.micro_batches:
-            raise ValueError(f"balancing.micro_batches ({self.balancing.micro_batches}) must divide "
-                             f"train.batch_size ({self.train.batch_size})")
-        return self
+def balancing_strategy(spec: BalancingSpec, name: str) -> NoBalancing:
+    """The strategy object called ``name`` (one of :data:`~subnets.recipes.experts.STRATEGIES`) with ``spec``'s
+    coefficients."""
+    return {
+        "none": NoBalancing,
+        "switch-micro": lambda: SwitchLoss(spec.switch_coef, "micro"),
+        "switch-global": lambda: SwitchLoss(spec.switch_coef, "global"),
+        "switch-z": lambda: Balancing(SwitchLoss(spec.switch_coef, "micro"), ZLoss(spec.z_coef)),
+        "loss-free": lambda: LossFreeBias(spec.bias_rate),
+        "balanced": BalancedAssignment,
+    }[name]()
 
 
 class BalancingHooks:
@@ -178,7 +124,8 @@ class MoEExperiment:
         moe = model.moe()
         hooks = None
         if moe is not None:
-            hooks = BalancingHooks(moe, self.config.balancing.strategy(variant), self.config.balancing.micro_batches,
+            balancing = self.config.balancing
+            hooks = BalancingHooks(moe, balancing_strategy(balancing, variant), balancing.micro_batches,
                                    self.steps_total)
         outcome = train(model, self.data, self.config.train, seed=derive_seed(seed, "data"), hooks=hooks,
                         progress=self.progress, progress_key=f"{variant}/s{seed}")
@@ -210,29 +157,6 @@ def routing_diagnostics(moe: MoE) -> dict[str, Any]:
 def _moe_unit(config: MoEConfig, data: Dataset, device: str, progress: Progress) -> Unit:
     """The unit function of a worker process (see :class:`subnets.steps.UnitWorkers`)."""
     return MoEExperiment(config, data.to(device), torch.device(device), progress)._train
-
-
-class MoefyExperimentSpec(BaseModel):
-    """``[moefy]``: which blocks to split, into how many experts, by which clustering, and the router's
-    training (``samples`` training inputs, ``router_steps`` Adam steps)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    layers: list[str] = Field(min_length=1)
-    experts: list[int] = Field(default_factory=lambda: [8, 16], min_length=1)
-    methods: list[Literal["coactivation", "weights"]] = Field(default_factory=lambda: ["coactivation"],
-                                                              min_length=1)
-    samples: int = Field(5000, ge=1)
-    router_steps: int = Field(1000, ge=1)
-
-
-class MoefyConfig(ExperimentSpec):
-    """A MoE-fication recipe (``kind = "moefy"``): train a dense model per seed, then split its blocks."""
-
-    kind: Literal["moefy"] = "moefy"
-    model: ModelSpec
-    train: TrainConfig
-    moefy: MoefyExperimentSpec
 
 
 class MoefyExperiment:
@@ -317,13 +241,16 @@ class MoefyExperiment:
         for selection in ("router", "oracle", "random"):
             curves[selection] = [self._accuracy(model, block, k, selection, x, y, seed) for k in
                                  range(1, n_experts + 1)]
-        block.k = n_experts
+        macs = []  # per example over the test set, the router choosing k experts per input (all: the dense model)
+        for k in range(1, n_experts + 1):
+            block.k = k
+            macs.append(measure(model, x).macs)
         agreement = float((model(x).argmax(1) == dense_logits.argmax(1)).float().mean())
         sizes = [len(g) for g in block.groups]
         result = {
             "step": "moefy", "seed": seed, "layer": layer, "experts": n_experts, "method": method,
             "neurons": sum(sizes), "expert_sizes": [min(sizes), max(sizes)], "seconds": seconds,
-            "k": list(range(1, n_experts + 1)), "test_acc": curves, "all_active_agreement": agreement,
+            "k": list(range(1, n_experts + 1)), "test_acc": curves, "macs": macs, "all_active_agreement": agreement,
             "summary": (f"{layer} into {n_experts} ({method}): test acc at k=1/{n_experts // 4}/{n_experts // 2} "
                         + "/".join(f"{100 * curves['router'][k - 1]:.2f}" for k in
                                    (1, max(1, n_experts // 4), max(1, n_experts // 2))) + "%"),

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from subnets.cost import Keep, RowCost
 from subnets.experts.layer import Experts, MoE, dispatch
 from subnets.experts.routing import top_k
 
@@ -171,8 +172,10 @@ def balanced_kmeans(points: torch.Tensor, n_clusters: int, seed: int = 0, iterat
 class MoefiedFeedForward(nn.Module):
     """A dense feed-forward block split into experts: the ``k`` experts the router ranks highest run for each
     token and their outputs add (weight 1) to the block's output bias. ``k`` may be changed at any time;
-    with ``k == num_experts`` the block equals the dense one. Experts are zero-padded to one width, and a
-    padded neuron contributes exactly zero."""
+    with ``k == num_experts`` the block equals the dense one. Experts are zero-padded to one width (expert e's
+    real neurons, ``groups[e]``, in its first ``len(groups[e])`` columns), and a padded neuron contributes
+    exactly zero. After a forward pass that chose experts, ``last_choice`` holds the ``(T, k)`` choices (None
+    when every expert ran), from which :func:`subnets.cost.measure` counts each token's cost."""
 
     def __init__(self, experts: Experts, bias_out: torch.Tensor | None, router: nn.Module, k: int,
                  groups: list[torch.Tensor]) -> None:
@@ -182,6 +185,7 @@ class MoefiedFeedForward(nn.Module):
         self.num_experts = experts.num_experts
         self.k = k
         self.selection: Literal["router", "oracle", "random"] = "router"
+        self.last_choice: torch.Tensor | None = None
 
     @property
     def k(self) -> int:
@@ -213,13 +217,57 @@ class MoefiedFeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.reshape(-1, x.shape[-1])
         if self.k == self.num_experts:
+            self.last_choice = None
             out = sum(self.experts.expert(e, tokens) for e in range(self.num_experts))
         else:
-            order, counts, _ = dispatch(self.select(tokens), self.num_experts, self.num_experts)
+            self.last_choice = self.select(tokens)
+            order, counts, _ = dispatch(self.last_choice, self.num_experts, self.num_experts)
             out = self.experts(tokens, counts, index=order // self.k)  # gather, experts, add: one pass
         if self.bias_out is not None:
             out = out + self.bias_out
         return out.reshape(*x.shape[:-1], self.experts.out_dim)
+
+    def expert_sizes(self, kept: Keep) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(E,)`` each: an expert's MACs per token and its active parameters, counting only the kept weights
+        (and input biases) of its real neurons: padded neurons are zeros that a dense kernel multiplies but
+        that do no work of the block's. The experts' output biases are zeros too (the block adds ``bias_out``)."""
+        width = self.experts.w_in.shape[-1]
+        sizes = torch.tensor([len(g) for g in self.groups], device=self.experts.w_in.device)
+        real = torch.arange(width, device=sizes.device) < sizes[:, None]  # (E, width)
+        macs = (kept(self.experts.w_in) & real[:, None, :]).flatten(1).sum(1) \
+            + (kept(self.experts.w_out) & real[:, :, None]).flatten(1).sum(1)
+        return macs, macs + (kept(self.experts.b_in) & real).sum(1)
+
+    def router_size(self, kept: Keep) -> tuple[int, int]:
+        """The router's MACs per token (its Linear layers' kept weights) and its kept parameters; a router with
+        parameters in any other kind of module cannot be counted and is an error naming it."""
+        macs = 0
+        for name, module in self.router.named_modules():
+            if isinstance(module, nn.Linear):
+                macs += int(kept(module.weight).sum())
+            elif any(True for _ in module.parameters(recurse=False)):
+                where = f"router.{name}" if name else "router"
+                raise ValueError(f"cannot count module '{where}' ({type(module).__name__}) of a moefied block: "
+                                 "only Linear layers in a router are counted")
+        return macs, sum(int(kept(p).sum()) for p in self.router.parameters())
+
+    def forward_cost(self, inputs: tuple, kwargs: dict, output: torch.Tensor, kept: Keep) -> RowCost:
+        """Per token, from the forward call just made (:mod:`subnets.cost`): the experts chosen for it (their
+        real neurons only, see :meth:`expert_sizes`), plus the router's Linear layers when the router chose.
+        When every expert ran (``k == num_experts``) or an oracle chose (it computes every expert to score
+        them, and then has the top ``k`` outputs at hand) a token costs every expert and no router; a random
+        choice costs no router. Active parameters include ``bias_out``."""
+        tokens = output.numel() // output.shape[-1]
+        macs, params = self.expert_sizes(kept)
+        bias = int(kept(self.bias_out).sum()) if self.bias_out is not None else 0
+        choice = self.last_choice
+        if choice is None or self.selection == "oracle":
+            return RowCost(macs.sum().expand(tokens), (params.sum() + bias).expand(tokens))
+        if self.selection == "router":
+            router_macs, router_params = self.router_size(kept)
+        else:
+            router_macs = router_params = 0
+        return RowCost(macs[choice].sum(1) + router_macs, params[choice].sum(1) + router_params + bias)
 
 
 def split_block(site: FeedForwardSite, groups: list[torch.Tensor]) -> Experts:

@@ -15,61 +15,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from subnets.cost import measure
 from subnets.data.sentences import load_paraphrase_pairs, load_sentences, sentences_source
 from subnets.experts.moefy import MoefiedFeedForward, block_inputs, feed_forward_sites, moefy
 from subnets.models.minilm import MiniLM, load_minilm
 from subnets.progress import SILENT, Progress
-from subnets.specs import Seeds
+from subnets.recipes.experts import MoefyMiniLMConfig
 from subnets.steps import StepStore, Tensors, derive_seed, store_step
 
 SELECTIONS = ("router", "oracle", "random")
-
-
-class MoefyMiniLMSpec(BaseModel):
-    """``[moefy]``: expert counts, clustering methods, fractions of experts active, and the router's data."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    experts: list[int] = Field(default_factory=lambda: [16, 32], min_length=1)
-    methods: list[Literal["coactivation", "weights"]] = Field(default_factory=lambda: ["coactivation"],
-                                                              min_length=1)
-    fractions: list[float] = Field(default_factory=lambda: [0.25, 0.5], min_length=1)
-    router_steps: int = Field(1000, ge=1)
-    batch_size: int = Field(64, ge=1)
-    timing_repeats: int = Field(7, ge=1)
-
-    @field_validator("experts")
-    @classmethod
-    def _experts(cls, experts: list[int]) -> list[int]:
-        for n in experts:
-            if not 1 <= n <= 1536:
-                raise ValueError(f"each expert count must be between 1 and the FFN's 1536 neurons, got {n}")
-        return experts
-
-    @field_validator("fractions")
-    @classmethod
-    def _fractions(cls, fractions: list[float]) -> list[float]:
-        for f in fractions:
-            if not 0 < f <= 1:
-                raise ValueError(f"each fraction of experts active must be in (0, 1], got {f}")
-        return fractions
-
-
-class MoefyMiniLMConfig(BaseModel):
-    """A recipe (``kind = "moefy-minilm"``) splitting all-MiniLM-L6-v2's FFNs; the data is the shipped text."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["moefy-minilm"] = "moefy-minilm"
-    name: str = Field(min_length=1)
-    seeds: Seeds
-    moefy: MoefyMiniLMSpec = Field(default_factory=MoefyMiniLMSpec)
 
 
 def _cosines(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
@@ -171,11 +130,13 @@ class MoefyMiniLMExperiment:
             block.k = n_experts
         all_active = _cosines(self.minilm.embed(self.heldout, spec.batch_size, model), dense_embeddings)
         ffn_seconds, ffn_speedup, encode_speedup = self._timings(blocks, dense_ffn, timing_tokens, ks, model)
+        ffn_macs = self._ffn_macs(blocks[len(blocks) // 2], ks, timing_tokens)
         result = {
             "experts": n_experts, "method": method, "seed": seed, "fractions": list(spec.fractions), "k": ks,
             "layers": layers, "cosine": cosine, "all_active": all_active, "retrieval_top1": retrieval,
             "retrieval_top1_dense": self._dense_retrieval, "pairs": len(self.pairs), "split_seconds": split_seconds,
             "ffn_seconds": ffn_seconds, "ffn_speedup": ffn_speedup, "encode_speedup": encode_speedup,
+            "ffn_macs": ffn_macs, "ffn_macs_dense": measure(dense_ffn, timing_tokens).macs,
             "timing_tokens": len(timing_tokens), "train_tokens": train_tokens, "threads": torch.get_num_threads(),
         }
         labels = {f"layer{i}": torch.cat([torch.full((len(g),), e) for e, g in enumerate(b.groups)])
@@ -189,6 +150,17 @@ class MoefyMiniLMExperiment:
         ordered = sorted(sentences, key=len, reverse=True)
         batches = self.minilm.token_inputs(ordered, self.config.moefy.batch_size)
         return block_inputs(model, layers, batches, call=lambda m, b: m(**b), keep=lambda b: b["attention_mask"])
+
+    @staticmethod
+    def _ffn_macs(block: MoefiedFeedForward, ks: list[int], tokens: torch.Tensor) -> list[float]:
+        """MACs per token of the split ``block`` on ``tokens`` (the held-out sentences' tokens at that block) with
+        ``k`` experts chosen by its router, for each of ``ks``."""
+        macs = []
+        for k in ks:
+            block.k, block.selection = k, "router"
+            macs.append(measure(block, tokens).macs)
+        block.k = block.num_experts
+        return macs
 
     @torch.inference_mode()
     def _timings(self, blocks: list[MoefiedFeedForward], dense_ffn: nn.Module, tokens: torch.Tensor, ks: list[int],

@@ -9,7 +9,9 @@ from typing import Any
 
 from torch import nn
 
-from subnets.data.registry import check_call, import_callable, is_import_path
+from subnets import catalogue
+from subnets.catalogue import check_model_name, import_callable, is_import_path
+from subnets.data.registry import check_call
 
 Builder = Callable[..., nn.Module]
 
@@ -34,6 +36,7 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' is already registered")
         _REGISTRY[name] = build
+        catalogue.add_model(name)
         return build
 
     return wrap
@@ -51,16 +54,6 @@ def _option_names(build: Builder) -> list[str]:
 
 def _factory(path: str) -> Builder:
     return import_callable(path, "model")
-
-
-def check_model_name(name: str) -> str:
-    """``name`` if it is a registered model or an importable factory; else a one-line ValueError."""
-    if is_import_path(name):
-        _factory(name)
-    elif name not in _REGISTRY:
-        raise ValueError(f"unknown model '{name}'; known: {', '.join(model_names())}; or an import path "
-                         "'package.module:factory'")
-    return name
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options: Any) -> nn.Module:

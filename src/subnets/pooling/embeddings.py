@@ -32,79 +32,27 @@ Holm-adjusted over all readouts.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from subnets.data.sentences import ParaphrasePair, load_paraphrase_records, sentences_source
 from subnets.models.minilm import MiniLM, load_minilm
-from subnets.pooling.factory import create_pool, pool_names
+from subnets.pooling.factory import create_pool
 from subnets.pooling.tokens import MultiHeadAttentionPool
 from subnets.progress import SILENT, Progress
-from subnets.specs import Seeds
+from subnets.recipes.pooling import FEATURES, STANDARD, STATES, PoolingEmbeddingsConfig, Readout, parse_readout
 from subnets.stats import bootstrap_interval, holm, paired_bootstrap_interval, paired_permutation_test
 from subnets.steps import StepStore, Tensors, derive_seed, store_step
 
-STATES = 7  # all-MiniLM-L6-v2's hidden states: the embedding layer's output and six transformer layers
-LAST = STATES - 1
-FEATURES = 384
-STANDARD = "mean"  # sentence-transformers' readout: the mean of the last layer's real tokens
-TOKEN_OPS = tuple(pool_names("tokens"))
-LAYER_OPS = tuple(pool_names("layers"))
 ENCODE_BATCH = 64
 _EVAL_BATCH = 256
 _CHECK_SENTENCES = 32
-_NAME = re.compile(r"(?:(?P<layers>[a-z]+)-layers/)?(?P<tokens>[a-z]+)(?:@(?P<state>\d+))?")
-_TOKEN_WORDS = {"mean": "mean", "max": "max", "first": "first token ([CLS])", "last": "last token ([SEP])",
-                "attention": "attention pooling (learned query)",
-                "multihead": "multi-head attention pooling (learned)"}
-_LAYER_WORDS = {"mean": "mean", "max": "max", "weighted": "learned softmax-weighted sum",
-                "attention": "learned cross-layer attention"}
-
-
-@dataclass(frozen=True)
-class Readout:
-    """A readout: a token op over hidden state ``state``, or over the output of layer op ``layers`` applied to
-    all hidden states (``state`` is then None)."""
-
-    tokens: str
-    state: int | None = LAST
-    layers: str | None = None
-
-    @property
-    def name(self) -> str:
-        """The canonical name, e.g. ``mean``, ``max@3``, ``weighted-layers/mean``."""
-        if self.layers is not None:
-            return f"{self.layers}-layers/{self.tokens}"
-        return self.tokens if self.state == LAST else f"{self.tokens}@{self.state}"
-
-    def describe(self) -> str:
-        """The readout in words."""
-        tokens = _TOKEN_WORDS[self.tokens]
-        if self.layers is not None:
-            return f"{_LAYER_WORDS[self.layers]} over all {STATES} hidden states, then {tokens} over tokens"
-        where = {0: "the embedding layer", LAST: "the last layer"}.get(self.state, f"layer {self.state}")
-        return f"{tokens} over the tokens of {where}" + (" (standard)" if self.name == STANDARD else "")
-
-
-def parse_readout(name: str) -> Readout:
-    """The readout called ``name``; ValueError (one line listing the known parts) for a bad name."""
-    found = _NAME.fullmatch(name)
-    if found is not None and found["tokens"] in TOKEN_OPS and found["layers"] in (None, *LAYER_OPS) and (
-            found["state"] is None or (found["layers"] is None and int(found["state"]) <= LAST)):
-        if found["layers"] is not None:
-            return Readout(found["tokens"], None, found["layers"])
-        return Readout(found["tokens"], LAST if found["state"] is None else int(found["state"]))
-    raise ValueError(f"unknown readout {name!r}: write TOKEN, TOKEN@STATE or LAYERS-layers/TOKEN with TOKEN one of "
-                     f"{', '.join(TOKEN_OPS)}; STATE 0-{LAST} (0: embeddings, {LAST}: last layer); LAYERS one of "
-                     f"{', '.join(LAYER_OPS)}")
 
 
 def book(ref: str) -> str:
@@ -121,82 +69,6 @@ def split_by_book(records: list[ParaphrasePair], every: int, offset: int) -> tup
     train = [i for i, r in enumerate(records) if book(r.ref) not in held]
     test = [i for i, r in enumerate(records) if book(r.ref) in held]
     return train, test, test_books
-
-
-class SplitSpec(BaseModel):
-    """``[split]``: which books are test books (sorted by name, every ``every``-th from index ``offset``), and an
-    optional cap on the pairs used per side (the first ones in file order; 0 = all), for quick runs."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    every: int = Field(4, ge=2)
-    offset: int = Field(1, ge=0)
-    max_train: int = Field(0, ge=0)
-    max_test: int = Field(0, ge=0)
-
-    @model_validator(mode="after")
-    def _offset(self) -> SplitSpec:
-        if self.offset >= self.every:
-            raise ValueError(f"offset ({self.offset}) must be below every ({self.every})")
-        if self.max_test == 1:
-            raise ValueError("max_test must be 0 (all) or at least 2: retrieval needs more than one candidate")
-        return self
-
-
-class LearnedSpec(BaseModel):
-    """``[learned]``: how readouts with parameters train (symmetric InfoNCE over in-batch pairs, Adam).
-
-    ``lr`` is for vectors and scalars (queries, layer logits), ``matrix_lr`` for projection matrices (multi-head
-    pooling's key, value and output); ``heads`` is multi-head pooling's number of heads."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    steps: int = Field(200, ge=1)
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(0.01, gt=0)
-    matrix_lr: float = Field(0.001, gt=0)
-    temperature: float = Field(0.05, gt=0)
-    heads: int = Field(4, ge=1)
-
-    @field_validator("heads")
-    @classmethod
-    def _heads(cls, heads: int) -> int:
-        if FEATURES % heads:
-            raise ValueError(f"heads must divide the model's {FEATURES} features, got {heads}")
-        return heads
-
-
-class StatsSpec(BaseModel):
-    """``[stats]``: resamples of the permutation test and of the bootstrap, and the interval's confidence."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    resamples: int = Field(10000, ge=100)
-    confidence: float = Field(0.95, gt=0, lt=1)
-
-
-class PoolingEmbeddingsConfig(BaseModel):
-    """A recipe (``kind = "pooling-embeddings"``): readouts of all-MiniLM-L6-v2 on verse-pair retrieval."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["pooling-embeddings"] = "pooling-embeddings"
-    name: str = Field(min_length=1)
-    seeds: Seeds
-    readouts: list[str] = Field(min_length=1)
-    split: SplitSpec = Field(default_factory=SplitSpec)
-    learned: LearnedSpec = Field(default_factory=LearnedSpec)
-    stats: StatsSpec = Field(default_factory=StatsSpec)
-
-    @field_validator("readouts")
-    @classmethod
-    def _readouts(cls, names: list[str]) -> list[str]:
-        canonical = [parse_readout(name).name for name in names]
-        if len(set(canonical)) != len(canonical):
-            raise ValueError(f"readouts must be distinct (mean@{LAST} is mean), got {', '.join(names)}")
-        if STANDARD not in canonical:
-            raise ValueError(f"readouts must include {STANDARD!r}, the standard readout the others are compared with")
-        return canonical
 
 
 @dataclass

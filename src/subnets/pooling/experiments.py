@@ -9,48 +9,22 @@ from torch's global generator, seeded per training, so a resumed run reproduces 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, model_validator
 
 from subnets.cost import measure
 from subnets.data import Dataset
 from subnets.models import build_model
-from subnets.pooling.factory import pool_names, swap_pooling
+from subnets.pooling.factory import swap_pooling
 from subnets.pooling.spatial import SpatialPool
 from subnets.progress import SILENT, Progress
-from subnets.specs import ExperimentSpec, ModelSpec
+from subnets.recipes.pooling import PoolingConfig
 from subnets.steps import StepStore, Tensors, Unit, UnitWorkers, derive_seed, run_trainings
-from subnets.train import TrainConfig, train
+from subnets.train import train
 
-SPATIAL_POOLS = tuple(name for name in pool_names(2) if name != "spp")
 # Learned pool parameters this small are reported (GeM's p, mixed pooling's alpha, ...).
 _REPORTED_SIZE = 16
-
-
-class PoolingConfig(ExperimentSpec):
-    """A pooling recipe (``kind = "pooling"``): ``model`` trained with each of ``pools`` swapped in for its
-    pooling layers, for every seed; ``baseline`` is the op the others are tested against;
-    ``pool_options`` gives options per op (e.g. ``{ gem = { p = 2.0 } }``)."""
-
-    kind: Literal["pooling"] = "pooling"
-    model: ModelSpec
-    train: TrainConfig
-    pools: list[str] = Field(default_factory=lambda: list(SPATIAL_POOLS), min_length=1)
-    baseline: str = "max"
-    pool_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _pools(self) -> PoolingConfig:
-        for name in [*self.pools, *self.pool_options]:
-            if name not in SPATIAL_POOLS:
-                raise ValueError(f"unknown pool {name!r}; known: {', '.join(SPATIAL_POOLS)}")
-        if len(set(self.pools)) != len(self.pools):
-            raise ValueError("pools must be distinct")
-        if self.baseline not in self.pools:
-            raise ValueError(f"baseline {self.baseline!r} must be one of pools ({', '.join(self.pools)})")
-        return self
 
 
 class PoolingExperiment:

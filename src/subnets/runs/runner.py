@@ -2,7 +2,7 @@
 
 Every kind takes the same path through here; what differs between kinds is in its :class:`~subnets.runs.kinds.Kind`
 record. Torch and the kind's family are imported only once the recipe has passed the cheap checks (its TOML, its
-kind, the execution settings the kind honours, the packages it needs).
+kind, the execution settings the kind honours, the packages it needs, every field of the recipe).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from subnets.progress import SILENT, Progress
+from subnets.recipes.training import Execution
 from subnets.runs.kinds import EXECUTION_SETTINGS, Kind, find_kind
 from subnets.runs.recipe import RecipeError, read_recipe, recipe_kind, run_id, validate_recipe
 from subnets.runs.report import write_report
@@ -48,20 +49,22 @@ def importable_from(*folders: Path) -> None:
             sys.path.insert(0, str(folder))
 
 
-def check_execution(kind: Kind, execution: dict[str, Any]) -> None:
-    """Raise :class:`RecipeError` naming the flag when ``execution`` sets a setting the kind does not honour.
-
-    ``execution`` maps settings (:data:`~subnets.runs.kinds.EXECUTION_SETTINGS`) to values; a setting at its
-    default (1 worker, population 1, sparse below 0) is not set.
-    """
-    defaults = {"workers": 1, "population_size": 1, "sparse_below": 0.0}
+def check_execution(kind: Kind, execution: dict[str, Any]) -> Execution:
+    """The run's :class:`~subnets.recipes.training.Execution` from ``execution`` (settings of
+    :data:`~subnets.runs.kinds.EXECUTION_SETTINGS` -> values); :class:`RecipeError` naming the flag when it sets a
+    setting the kind does not honour (a setting at its default is not set) or a value out of range."""
+    defaults = Execution()
     for setting, value in execution.items():
         if setting not in EXECUTION_SETTINGS:
             raise ValueError(f"unknown execution setting {setting!r}; known: {', '.join(EXECUTION_SETTINGS)}")
-        if value != defaults[setting] and setting not in kind.honours:
+        if value != getattr(defaults, setting) and setting not in kind.honours:
             honoured = ", ".join(EXECUTION_SETTINGS[s] for s in EXECUTION_SETTINGS if s in kind.honours) or "none"
             raise RecipeError(f"{EXECUTION_SETTINGS[setting]}: kind {kind.name!r} does not honour it "
                               f"(its execution flags: {honoured})")
+    try:
+        return Execution(**execution)
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
 
 
 def run_recipe(path: Path | str, overrides: list[str], store: Store, device: str = "auto",
@@ -76,16 +79,14 @@ def run_recipe(path: Path | str, overrides: list[str], store: Store, device: str
     """
     raw = read_recipe(path, overrides)
     kind = recipe_kind(raw, str(path))
-    check_execution(kind, execution or {})
+    settings = check_execution(kind, execution or {})
     kind.check_installed()
     importable_from(Path.cwd(), Path(path).resolve().parent)
     recipe = validate_recipe(raw, str(path))
 
-    from subnets.train import Execution
-
     torch_device = resolve_device(device)
     try:
-        prepared = kind.prepare(recipe, torch_device, progress, Execution(**(execution or {})))
+        prepared = kind.prepare(recipe, torch_device, progress, settings)
     except ValueError as error:
         raise RecipeError(f"{path}: {error}") from None
     identifier = run_id(recipe, prepared.identity)

@@ -7,14 +7,7 @@ level: ``reinit`` (the same mask with a fresh random initialisation) and ``rando
 the same per-layer sparsity, trained from the original initialisation).
 """
 
-from subnets.tickets.lottery import (
-    BRANCHES,
-    LotteryConfig,
-    PruneConfig,
-    Reinitialised,
-    Tickets,
-    find_tickets,
-    run_lottery,
-)
+from subnets.recipes.lottery import BRANCHES, LotteryConfig, PruneConfig
+from subnets.tickets.lottery import Reinitialised, Tickets, find_tickets, run_lottery
 
 __all__ = ["BRANCHES", "LotteryConfig", "PruneConfig", "Reinitialised", "Tickets", "find_tickets", "run_lottery"]

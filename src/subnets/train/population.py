@@ -31,7 +31,7 @@ from subnets.data.batches import gather
 from subnets.masks import Mask
 from subnets.models import MLP
 from subnets.progress import SILENT, Progress
-from subnets.train.config import TrainConfig
+from subnets.recipes.training import TrainConfig
 from subnets.train.loop import Curve, TrainResult, plan, run_schedule
 
 

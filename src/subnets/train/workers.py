@@ -37,7 +37,7 @@ from torch import nn
 from subnets.data import Dataset
 from subnets.masks import Mask
 from subnets.progress import Progress
-from subnets.train.config import TrainConfig
+from subnets.recipes.training import TrainConfig
 from subnets.train.loop import TrainResult, train
 
 POLL_SECONDS = 1.0

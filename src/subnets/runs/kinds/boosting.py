@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from subnets import stats
 from subnets.runs.kinds import Kind, self_sourced
@@ -101,9 +101,17 @@ def _full_curve(unit: dict[str, Any], key: str, width: int, step: int) -> list[f
     return [at.get(k, curve[key][-1]) for k in range(0, width + 1, step)]
 
 
-def _truncation_lines(methods: dict[str, Units], width: int,
-                      step: int) -> list[tuple[str, list[float], list[float], str, str]]:
-    """(label, x = fraction of the ``width`` units kept, mean score over folds, color, style) for the boosted
+class _Line(NamedTuple):
+    method: str
+    label: str
+    xs: list[float]
+    ys: list[float]
+    color: str
+    style: str
+
+
+def _truncation_lines(methods: dict[str, Units], width: int, step: int) -> list[_Line]:
+    """(method, label, x = fraction of the ``width`` units kept, mean score over folds, color, style) for the boosted
     MLP and the MLPs: the end-to-end MLPs keep their units of largest magnitude (mlp-adam also its first units by
     index)."""
     xs = [k / width for k in range(0, width + 1, step)]
@@ -115,30 +123,40 @@ def _truncation_lines(methods: dict[str, Units], width: int,
     lines = []
     for method in (m for m in methods if m == BOOSTED or m.startswith("mlp-")):
         if method == BOOSTED:
-            lines.append(("boosted (first stages)", xs, mean(methods[method], "score"), COLORS[method], "-"))
+            lines.append(_Line(method, "boosted (first stages)", xs, mean(methods[method], "score"), COLORS[method],
+                               "-"))
             continue
-        lines.append((f"{method} (largest ‖w_in‖·‖w_out‖)", xs, mean(methods[method], "score_magnitude"),
-                      COLORS[method], ":"))
+        lines.append(_Line(method, f"{method} (largest ‖w_in‖·‖w_out‖)", xs,
+                           mean(methods[method], "score_magnitude"), COLORS[method], ":"))
         if method == "mlp-adam":
-            lines.append(("mlp-adam (first by index)", xs, mean(methods[method], "score"), COLORS[method], "--"))
+            lines.append(_Line(method, "mlp-adam (first by index)", xs, mean(methods[method], "score"),
+                               COLORS[method], "--"))
     return lines
 
 
 def truncation_rows(recipe: dict[str, Any], units: Units, fractions: tuple[float, ...] = (0.1, 0.25, 0.5)
                     ) -> list[dict[str, str]]:
     """Per table and MLP method: the test score (accuracy % or R²) with ``fractions`` of the hidden units kept
-    (rounded down to whole stages), and with all; mean over folds."""
+    (rounded down to whole stages), and with all, and the MACs per example at each (mean over folds; a boosted
+    MLP that stopped early costs its full length beyond it)."""
     step = recipe["boosted"]["units_per_stage"]
     width = recipe["boosted"]["n_stages"] * step
     rows = []
     for table, methods in _tables(units).items():
         classification = _classification(methods)
-        for label, xs, ys, _, _ in _truncation_lines(methods, width, step):
-            picked = [ys[max(i for i, x in enumerate(xs) if x <= f + 1e-9)] for f in (*fractions, 1.0)]
-            text = [f"{100 * y:.2f}" if classification else f"{y:.3f}" for y in picked]
+        for method, label, xs, ys, _, _ in _truncation_lines(methods, width, step):
+            at = [max(i for i, x in enumerate(xs) if x <= f + 1e-9) for f in (*fractions, 1.0)]
+            text = [f"{100 * ys[i]:.2f}" if classification else f"{ys[i]:.3f}" for i in at]
+            group = methods[method]
+            macs = "–"
+            if all("macs" in u["truncation"] for u in group):
+                curve = [statistics.fmean(c) for c in zip(*(_full_curve(u, "macs", width, step) for u in group),
+                                                           strict=True)]
+                macs = " / ".join(f"{curve[i]:,.0f}" for i in at)
             rows.append({"table": table, "units kept": label,
                          **{f"{round(100 * f)}% kept": t for f, t in zip(fractions, text, strict=False)},
-                         "all": text[-1]})
+                         "all": text[-1], "MACs / example (" + ", ".join(
+                             [*(f"{round(100 * f)}%" for f in fractions), "all"]) + ")": macs})
     return rows
 
 
@@ -163,7 +181,7 @@ def _plot_truncation(recipe: dict[str, Any], units: Units, path: Path) -> bool:
     fig, axes = _grid(len(tables))
     for ax, (table, methods) in zip(axes, tables.items(), strict=False):
         classification = _classification(methods)
-        for label, xs, ys, color, style in _truncation_lines(methods, width, step):
+        for _, label, xs, ys, color, style in _truncation_lines(methods, width, step):
             ax.plot(xs, [100 * y if classification else y for y in ys], style, color=color, label=label, linewidth=1.4)
         values = [100 * u["score"] if classification else u["score"] for g in methods.values() for u in g]
         top = max(values)
@@ -234,7 +252,7 @@ def boosting_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
               if truncation else "")
 
 
-KINDS = (Kind("boosting-tabular", "subnets.boosting.experiments:BoostingTabularConfig",
+KINDS = (Kind("boosting-tabular", "subnets.recipes.boosting:BoostingTabularConfig",
               self_sourced("subnets.boosting.experiments:BoostingTabularExperiment", workers=True),
               lambda run, units: boosting_rows(in_recipe_order(run, units)), boosting_body,
               honours=frozenset({"workers"}), needs=(("sklearn", "tabular"),),

@@ -140,9 +140,17 @@ def moe_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
         ])
 
 
+def _macs(group: Units, k: int) -> str:
+    """Mean MACs per test example with ``k`` experts active (router's choice), "–" for units without them."""
+    if not all("macs" in u for u in group):
+        return "–"
+    return f"{statistics.fmean(u['macs'][k - 1] for u in group):,.0f}"
+
+
 def moefy_rows(units: Units) -> list[dict[str, str]]:
     """One row per (layer, experts, method): test accuracy with a quarter, half and all experts active, for
-    the trained router, the oracle choice and a random choice; the dense accuracy for reference."""
+    the trained router, the oracle choice and a random choice, and the MACs per example with the router's
+    choice; the dense accuracy for reference."""
     dense = [u["test_acc_final"] for u in units if u.get("step") == "dense"]
     rows = []
     splits = group_by([u for u in units if u.get("step") == "moefy"], lambda u: (u["layer"], u["experts"], u["method"]))
@@ -153,7 +161,9 @@ def moefy_rows(units: Units) -> list[dict[str, str]]:
         for label, k in (("1/4", max(1, experts // 4)), ("1/2", max(1, experts // 2))):
             for selection in ("router", "oracle", "random"):
                 row[f"{selection} k={label}"] = mean_std([u["test_acc"][selection][k - 1] for u in group], 100)
+            row[f"MACs k={label}"] = _macs(group, k)
         row["all active"] = mean_std([u["test_acc"]["router"][-1] for u in group], 100)
+        row["MACs all"] = _macs(group, experts)
         rows.append(row)
     return rows
 
@@ -207,7 +217,8 @@ def moefy_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
 
 def moefy_minilm_rows(units: list[dict[str, Any]]) -> list[dict[str, str]]:
     """One row per (experts, method, fraction): cosine similarity to the dense embeddings (router, oracle,
-    random; mean over seeds of the per-sentence mean, and the worst sentence), FFN and encoder speed-ups."""
+    random; mean over seeds of the per-sentence mean, and the worst sentence), the middle FFN's MACs per token
+    with the router's choice (and dense), FFN and encoder speed-ups."""
     groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for unit in units:
         groups.setdefault((unit["experts"], unit["method"]), []).append(unit)
@@ -222,6 +233,9 @@ def moefy_minilm_rows(units: list[dict[str, Any]]) -> list[dict[str, str]]:
                 row["paraphrase top-1 % (dense)"] = (
                     f"{100 * statistics.fmean(u['retrieval_top1'][i] for u in group):.1f} "
                     f"({100 * group[0]['retrieval_top1_dense']:.1f})")
+            if all("ffn_macs" in u for u in group):
+                row["FFN MACs / token (dense)"] = (f"{statistics.fmean(u['ffn_macs'][i] for u in group):,.0f} "
+                                                   f"({group[0]['ffn_macs_dense']:,.0f})")
             row["FFN speed-up"] = f"{statistics.fmean(u['ffn_speedup'][i] for u in group):.2f}x"
             row["encoder speed-up"] = f"{statistics.fmean(u['encode_speedup'][i] for u in group):.2f}x"
             rows.append(row)
@@ -264,14 +278,14 @@ def moefy_minilm_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
 
 
 KINDS = (
-    Kind("moe", "subnets.experts.experiments:MoEConfig",
+    Kind("moe", "subnets.recipes.experts:MoEConfig",
          on_data("subnets.experts.experiments:MoEExperiment", workers=True),
          lambda run, units: moe_rows(units), moe_body, honours=frozenset({"workers"}),
          description="a mixture-of-experts block against dense blocks, one training per balancing strategy"),
-    Kind("moefy", "subnets.experts.experiments:MoefyConfig", on_data("subnets.experts.experiments:MoefyExperiment"),
+    Kind("moefy", "subnets.recipes.experts:MoefyConfig", on_data("subnets.experts.experiments:MoefyExperiment"),
          lambda run, units: moefy_rows(units), moefy_body,
          description="a trained MLP's hidden blocks split into experts, accuracy against experts active"),
-    Kind("moefy-minilm", "subnets.experts.moefy_minilm:MoefyMiniLMConfig",
+    Kind("moefy-minilm", "subnets.recipes.experts:MoefyMiniLMConfig",
          self_sourced("subnets.experts.moefy_minilm:MoefyMiniLMExperiment"),
          lambda run, units: moefy_minilm_rows(units), moefy_minilm_body, needs=(("transformers", "text"),),
          description="all-MiniLM-L6-v2's feed-forward blocks split into experts"),

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     import torch
 
     from subnets.progress import Progress
-    from subnets.tickets import LotteryConfig
-    from subnets.train import Execution
+    from subnets.recipes.lottery import LotteryConfig
+    from subnets.recipes.training import Execution
 
 BRANCH_ORDER = ("imp", "reinit", "random_prune")
 BRANCH_LABELS = {
@@ -464,7 +464,7 @@ def _prepare(config: LotteryConfig, device: torch.device, progress: Progress, ex
     return Prepared(data.source, experiment.run, data_identity(config, data.source))
 
 
-KINDS = (Kind("lottery", "subnets.tickets:LotteryConfig", _prepare, lottery_rows, lottery_page,
+KINDS = (Kind("lottery", "subnets.recipes.lottery:LotteryConfig", _prepare, lottery_rows, lottery_page,
               honours=frozenset({"workers", "population_size", "sparse_below"}),
               markdown=lambda run, units: lottery_markdown(units), unit_order=_unit_order, legacy_levels=True,
               description="lottery tickets: iterative magnitude pruning with rewinding and its controls"),)

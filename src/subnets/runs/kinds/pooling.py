@@ -175,7 +175,7 @@ def pooling_body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
         ])
 
 
-KINDS = (Kind("pooling", "subnets.pooling.experiments:PoolingConfig",
+KINDS = (Kind("pooling", "subnets.recipes.pooling:PoolingConfig",
               on_data("subnets.pooling.experiments:PoolingExperiment", workers=True),
               lambda run, units: pooling_rows(in_recipe_order(run, units)), pooling_body,
               honours=frozenset({"workers"}),

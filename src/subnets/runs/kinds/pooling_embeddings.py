@@ -190,7 +190,7 @@ def body(run: dict[str, Any], units: Units, out_dir: Path) -> str:
     ])
 
 
-KINDS = (Kind("pooling-embeddings", "subnets.pooling.embeddings:PoolingEmbeddingsConfig",
+KINDS = (Kind("pooling-embeddings", "subnets.recipes.pooling:PoolingEmbeddingsConfig",
               self_sourced("subnets.pooling.embeddings:PoolingEmbeddingsExperiment"),
               lambda run, units: rows(units), body, needs=(("transformers", "text"),),
               description="all-MiniLM-L6-v2 readouts (token and layer pooling) on paraphrase retrieval"),)

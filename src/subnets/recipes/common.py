@@ -1,4 +1,4 @@
-"""Recipe sections shared by every experiment kind: which dataset and which model, with options."""
+"""Recipe sections shared by every experiment kind: which dataset and which model, with options, and the seeds."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from subnets.data.registry import check_dataset_name, validate_options
+from subnets.catalogue import check_dataset_name, check_model_name
 
 
 class _NamedSpec(BaseModel):
@@ -29,7 +29,10 @@ class DataSpec(_NamedSpec):
         return check_dataset_name(name)
 
     def check(self) -> None:
-        """Raise ValueError naming an option the dataset does not take or a required one left out."""
+        """Raise ValueError naming an option the dataset does not take or a required one left out (this imports
+        the data registry, and with it torch: it runs when the data is about to be loaded)."""
+        from subnets.data.registry import validate_options
+
         validate_options(self.name, self.options)
 
 
@@ -40,8 +43,6 @@ class ModelSpec(_NamedSpec):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        from subnets.models.registry import check_model_name
-
         return check_model_name(name)
 
 

@@ -1,4 +1,5 @@
-"""Training hyper-parameters as a validated model, and durations like ``"50000it"`` or ``"10ep"``."""
+"""Training hyper-parameters as a validated model, durations like ``"50000it"`` or ``"10ep"``, and how to execute
+trainings (workers, populations, sparse layers)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(it|ep)\s*$")
@@ -99,19 +99,6 @@ class TrainConfig(BaseModel):
     def iterations(self, steps_per_epoch: int) -> int:
         """Total training iterations."""
         return parse_duration(self.length, steps_per_epoch)
-
-    def build_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        """The configured optimizer over ``params``, with fused kernels (one kernel for all parameters).
-
-        With fused Adam a whole LeNet-300-100 training step is 1.25-1.3x faster than in a loop with
-        ``foreach`` Adam (``benchmarks/lth_level.py``, "subnets" against "plain loop").
-        """
-        if self.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, fused=True)
-        if self.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, fused=True)
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
-                               weight_decay=self.weight_decay, fused=True)
 
     def lr_factor(self, steps_per_epoch: int) -> callable:
         """``factor(iteration) -> float`` multiplying ``lr``: linear warm-up, then constant/step/cosine."""
