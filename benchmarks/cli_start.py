@@ -1,5 +1,6 @@
-"""How fast the ``subnets`` command answers: ``--help``, a usage error, ``list`` and ``show`` (of a lottery run and of
-a pooling run), against ``python -c pass`` and ``python -c "import torch"``, each a fresh process.
+"""How fast the ``subnets`` command answers: ``--help``, usage errors (a bad flag, a bad recipe field or name, a flag
+the kind does not honour), ``list`` and ``show`` (of a lottery run and of a pooling run), against ``python -c pass``
+and ``python -c "import torch"``, each a fresh process.
 
 Every command runs ``--repeats`` times, alternating with the two baselines; the table gives the median wall time of
 each and its ratio to the baselines' medians. The goal (issue 15): every command under 1 s on this machine.
@@ -65,6 +66,12 @@ def main() -> None:
             "python -c 'import torch'": ([sys.executable, "-c", "import torch"], 0),
             "subnets --help": ([*SUBNETS, "--help"], 0),
             "subnets run (usage error)": ([*SUBNETS, "run", "r.toml", "--workers", "0"], 2),
+            "subnets run lottery --set train.lr=abc (recipe field)": (
+                [*SUBNETS, "run", str(ROOT / "recipes" / "lth-mnist-lenet300-quick.toml"), "--set", "train.lr=abc",
+                 *where], 2),
+            "subnets run boosting-tabular --set tables=[\"nope\"] (name)": (
+                [*SUBNETS, "run", str(ROOT / "recipes" / "boosting-tabular.toml"), "--set", 'tables=["nope"]',
+                 *where], 2),
             "subnets run pooling --population 2 (not honoured)": (
                 [*SUBNETS, "run", str(ROOT / "recipes" / "pooling-mnist1d.toml"), "--population", "2", *where], 2),
             "subnets list": ([*SUBNETS, "list", *where], 0),

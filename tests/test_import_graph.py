@@ -105,7 +105,8 @@ HEAVY = ("torch", "sklearn", "scipy", "matplotlib", "transformers", "pandas")
     "import subnets.stats, subnets.runs.report",
 ])
 def test_the_cli_imports_no_heavy_library_until_a_verb_needs_it(code: str) -> None:
-    check = f"{code}; import sys; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    """Nor pydantic (0.2 s): ``show`` and ``list`` validate no recipe."""
+    check = f"{code}; import sys; print(','.join(m for m in {HEAVY + ('pydantic',)!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", f"{code!r} imported {loaded}"
 

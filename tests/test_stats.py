@@ -23,6 +23,7 @@ from subnets.stats import (
     paired_bootstrap_interval,
     paired_comparison,
     paired_permutation_test,
+    wilcoxon_signed_rank,
 )
 
 
@@ -77,9 +78,9 @@ def test_paired_comparison_matches_scipy() -> None:
     half = scipy_stats.t.ppf(0.975, 4) * sd / math.sqrt(5)
     assert result["n"] == 5 and result["test"] == "t" and result["mean_diff"] == pytest.approx(mean)
     assert result["ci95"] == pytest.approx([mean - half, mean + half])
-    assert result["p_t"] == scipy_stats.ttest_rel(a, b).pvalue
+    assert result["p_t"] == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue, rel=1e-12)
     assert result["p_t"] == pytest.approx(2 * scipy_stats.t.sf(mean / (sd / math.sqrt(5)), 4))
-    assert result["p_wilcoxon"] == scipy_stats.wilcoxon(diffs).pvalue
+    assert result["p_wilcoxon"] == pytest.approx(scipy_stats.wilcoxon(diffs).pvalue, rel=1e-12)
     assert (result["wins"], result["ties"], result["losses"]) == (4, 0, 1) and "p_permutation" not in result
     same = paired_comparison(baseline, baseline, permutation=True)
     assert same["mean_diff"] == 0 and same["p_t"] == 1.0 and same["p_wilcoxon"] is None
@@ -186,3 +187,37 @@ def test_bootstrap_intervals() -> None:
     # pairs, not the two samples apart: shifting both members of each pair leaves the interval unchanged
     assert paired_bootstrap_interval(scores + reference, 2 * reference, resamples=2000, seed=4) == pytest.approx(
         paired_bootstrap_interval(scores, reference, resamples=2000, seed=4))
+
+
+@pytest.mark.parametrize("kind", ["no ties", "ties, n <= 13", "ties, n > 50", "zeros, n > 50"])
+def test_wilcoxon_signed_rank_is_scipys_where_scipy_is_exact_or_large(kind: str) -> None:
+    rng = np.random.default_rng(7)
+    sizes = {"no ties": [*range(1, 51), 60, 120], "ties, n <= 13": range(2, 14), "ties, n > 50": [51, 80, 150],
+             "zeros, n > 50": [60, 90]}[kind]
+    for n in sizes:
+        for _ in range(10):
+            if kind == "no ties":
+                d = rng.normal(0.3, 1, n)
+            elif kind == "ties, n <= 13":
+                d = rng.integers(-3, 4, n).astype(float)
+                if not d.any():
+                    continue
+            else:
+                d = rng.choice([-3.0, -2.0, -1.0, 1.0, 2.0, 3.0], n)
+                if kind == "zeros, n > 50":
+                    d = np.concatenate([d, np.zeros(5)])
+            assert wilcoxon_signed_rank(list(d)) == pytest.approx(scipy_stats.wilcoxon(d).pvalue, rel=1e-9, abs=1e-15)
+
+
+def test_wilcoxon_signed_rank_is_exact_with_ties_where_scipy_approximates() -> None:
+    """14 differences with ties: the p-value is the share of all 2^14 sign flips at least as extreme."""
+    d = [1.0, -1.0, 2.0, 2.0, 2.0, 3.0, -3.0, 4.0, 5.0, 5.0, 6.0, -7.0, 8.0, 8.0]
+    ranks = scipy_stats.rankdata(np.abs(d))
+    observed = ranks[np.array(d) > 0].sum()
+    flips = np.array(list(itertools.product([0, 1], repeat=len(d))))
+    sums = flips @ ranks
+    tol = 1e-9
+    expected = min(1.0, 2 * min((sums <= observed + tol).mean(), (sums >= observed - tol).mean()))
+    assert wilcoxon_signed_rank(d) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="non-zero difference"):
+        wilcoxon_signed_rank([0.0, 0.0])

@@ -14,8 +14,9 @@ too optimistic; :func:`corrected_resampled_t` (Nadeau & Bengio, 2003) widens the
 Resampling over examples (test pairs, test rows), seeded: :func:`paired_permutation_test`,
 :func:`bootstrap_interval` and :func:`paired_bootstrap_interval` (scipy's ``permutation_test`` and ``bootstrap``).
 
-Importing this module is cheap: numpy and scipy are imported inside the functions that need them (``scipy.stats``
-alone takes about a second to import, and the command line must answer at once).
+Importing this module is cheap: numpy and scipy are imported inside the functions that need them, and the tests
+over seeds and folds need only ``scipy.special`` (Student's t) and :func:`wilcoxon_signed_rank` (exact, here):
+``scipy.stats`` alone takes about a second to import, and ``subnets show`` must answer at once.
 """
 
 from __future__ import annotations
@@ -32,6 +33,20 @@ if TYPE_CHECKING:
 
 Test = Literal["t", "corrected-t"]
 TESTS: tuple[str, ...] = ("t", "corrected-t")
+
+
+def _t_quantile(q: float, df: int) -> float:
+    """The ``q`` quantile of Student's t with ``df`` degrees of freedom."""
+    from scipy.special import stdtrit
+
+    return float(stdtrit(df, q))
+
+
+def _t_two_sided(t: float, df: int) -> float:
+    """The two-sided p-value of ``|T| >= |t|`` for Student's t with ``df`` degrees of freedom."""
+    from scipy.special import stdtr
+
+    return float(2 * stdtr(df, -abs(t)))
 
 
 # summaries -------------------------------------------------------------------------------------------------------
@@ -65,10 +80,8 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
     mean, sd = mean_std(values)
     if mean is None or sd is None:
         return mean, None, None
-    from scipy.stats import t as student
-
     n = len(values)
-    half = float(student.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
+    half = _t_quantile((1 + confidence) / 2, n - 1) * sd / math.sqrt(n)
     return mean, mean - half, mean + half
 
 
@@ -105,17 +118,63 @@ def corrected_resampled_t(diffs: Sequence[float], train_test_ratio: float,
         raise ValueError(f"train_test_ratio (n_test / n_train) must be >= 0, got {train_test_ratio}")
     if len(diffs) < 2:
         raise ValueError(f"the corrected resampled t-test needs at least two differences, got {len(diffs)}")
-    from scipy.stats import t as student
-
     n = len(diffs)
     mean = statistics.fmean(diffs)
     scale = math.sqrt((1 / n + train_test_ratio) * statistics.variance(diffs))
-    half = float(student.ppf((1 + confidence) / 2, n - 1)) * scale
+    half = _t_quantile((1 + confidence) / 2, n - 1) * scale
     if scale == 0:
         p = 1.0 if mean == 0 else 0.0
     else:
-        p = float(2 * student.sf(abs(mean) / scale, n - 1))
+        p = _t_two_sided(mean / scale, n - 1)
     return p, [mean - half, mean + half]
+
+
+def wilcoxon_signed_rank(diffs: Sequence[float]) -> float:
+    """The two-sided p-value of the Wilcoxon signed-rank test that ``diffs`` are symmetric about zero.
+
+    Zero differences are dropped (Wilcoxon's rule) and tied absolute differences share their average rank. Up to
+    50 non-zero differences the p-value is exact: the statistic (the sum of the positive differences' ranks) is
+    compared with its distribution over all 2^n sign flips of the ranks, counted by dynamic programming over the
+    doubled (integer) ranks, so it stays exact with ties; it is ``2 · min(P(S <= s), P(S >= s))``, at most 1.
+    Above 50 it is the normal approximation with the tie-corrected variance and no continuity correction. This
+    is ``scipy.stats.wilcoxon(diffs)`` (scipy 1.17) wherever that is exact (no ties or zeros and n <= 50, or ties
+    and n <= 13, where it enumerates the flips too) and above 50; with ties and 14-50 differences (scipy counts
+    the zeros too when it chooses) scipy uses the normal approximation and this stays exact. Raises ValueError
+    when every difference is zero.
+    """
+    nonzero = [float(d) for d in diffs if d != 0]
+    n = len(nonzero)
+    if n == 0:
+        raise ValueError("the Wilcoxon signed-rank test needs a non-zero difference")
+    order = sorted(range(n), key=lambda i: abs(nonzero[i]))
+    doubled = [0] * n  # twice the average ranks (integers: a tie group's average rank is a half-integer at worst)
+    start = 0
+    while start < n:
+        end = start
+        while end + 1 < n and abs(nonzero[order[end + 1]]) == abs(nonzero[order[start]]):
+            end += 1
+        for i in order[start:end + 1]:
+            doubled[i] = start + end + 2  # 2 * mean of the ranks start + 1 ... end + 1
+        start = end + 1
+    observed = sum(r for r, d in zip(doubled, nonzero, strict=True) if d > 0)
+    if n > 50:
+        mean = sum(doubled) / 4
+        ties = {}
+        for r in doubled:
+            ties[r] = ties.get(r, 0) + 1
+        variance = (n * (n + 1) * (2 * n + 1) - sum(t ** 3 - t for t in ties.values()) / 2) / 24
+        return math.erfc(abs(observed / 2 - mean) / math.sqrt(2 * variance))
+    counts = [0] * (sum(doubled) + 1)  # counts[s]: sign flips whose positive ranks sum to s (doubled)
+    counts[0] = 1
+    reach = 0
+    for r in doubled:
+        for total in range(reach, -1, -1):
+            if counts[total]:
+                counts[total + r] += counts[total]
+        reach += r
+    below = sum(counts[:observed + 1])
+    above = sum(counts[observed:])
+    return min(1.0, 2 * min(below, above) / 2 ** n)
 
 
 def paired_comparison(method: Mapping[Hashable, float], baseline: Mapping[Hashable, float], *, test: Test = "t",
@@ -145,21 +204,11 @@ def paired_comparison(method: Mapping[Hashable, float], baseline: Mapping[Hashab
         result["p_permutation"] = None
     if len(diffs) < 2:
         return result
-    from scipy import stats as scipy_stats
-
-    if test == "corrected-t":
-        assert train_test_ratio is not None
-        result["p_t"], result["ci95"] = corrected_resampled_t(diffs, train_test_ratio)
-    else:
-        _, low, high = mean_interval(diffs)
-        result["ci95"] = [low, high]
-        if statistics.stdev(diffs) == 0:  # every key moved by the same amount: no variance to test against
-            result["p_t"] = 1.0 if result["mean_diff"] == 0 else 0.0
-        else:
-            result["p_t"] = float(scipy_stats.ttest_rel([method[k] for k in keys],
-                                                        [baseline[k] for k in keys]).pvalue)
+    # the paired t-test is the corrected one with nothing to correct (n_test / n_train = 0)
+    p, interval = corrected_resampled_t(diffs, train_test_ratio if test == "corrected-t" else 0.0)
+    result["p_t"], result["ci95"] = p, interval
     if any(diffs):
-        result["p_wilcoxon"] = float(scipy_stats.wilcoxon(diffs).pvalue)
+        result["p_wilcoxon"] = wilcoxon_signed_rank(diffs)
     if permutation:
         result["p_permutation"] = paired_permutation_test([method[k] for k in keys], [baseline[k] for k in keys],
                                                           resamples, seed)

@@ -1,11 +1,9 @@
-"""Training hyper-parameters as a validated model, durations like ``"50000it"`` or ``"10ep"``, and how to execute
-trainings (workers, populations, sparse layers)."""
+"""Training hyper-parameters as a validated model, and durations like ``"50000it"`` or ``"10ep"``."""
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -25,34 +23,6 @@ def parse_duration(text: str, steps_per_epoch: int) -> int:
     """Number of iterations in a duration such as ``"50000it"`` or ``"10ep"``."""
     amount, unit = _DURATION.match(check_duration(text)).groups()
     return int(amount) * (steps_per_epoch if unit == "ep" else 1)
-
-
-@dataclass(frozen=True)
-class Execution:
-    """How to run trainings, apart from what to train: results agree up to float rounding either way.
-
-    ``population_size``: up to this many networks that share a schedule train in one batched pass.
-    ``sparse_below``: masked linear layers with a density below this train in sparse (CSR) form.
-    ``workers``: this many processes train networks concurrently, each with its share of the threads
-    (:mod:`subnets.train.workers`); it excludes populations.
-    """
-
-    population_size: int = 1
-    sparse_below: float = 0.0
-    workers: int = 1
-
-    def __post_init__(self) -> None:
-        if self.population_size < 1:
-            raise ValueError(f"population size must be at least 1, got {self.population_size}")
-        if not 0.0 <= self.sparse_below <= 1.0:
-            raise ValueError(f"sparse_below must be a density in [0, 1], got {self.sparse_below}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be at least 1, got {self.workers}")
-        if self.workers > 1 and self.population_size > 1:
-            raise ValueError("workers and population size: choose one (each worker trains one network at a time)")
-
-
-ONE_AT_A_TIME = Execution()
 
 
 class TrainConfig(BaseModel):

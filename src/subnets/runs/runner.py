@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from subnets.progress import SILENT, Progress
-from subnets.recipes.training import Execution
+from subnets.recipes.execution import Execution
 from subnets.runs.kinds import EXECUTION_SETTINGS, Kind, find_kind
 from subnets.runs.recipe import RecipeError, read_recipe, recipe_kind, run_id, validate_recipe
 from subnets.runs.report import write_report
@@ -50,7 +50,7 @@ def importable_from(*folders: Path) -> None:
 
 
 def check_execution(kind: Kind, execution: dict[str, Any]) -> Execution:
-    """The run's :class:`~subnets.recipes.training.Execution` from ``execution`` (settings of
+    """The run's :class:`~subnets.recipes.execution.Execution` from ``execution`` (settings of
     :data:`~subnets.runs.kinds.EXECUTION_SETTINGS` -> values); :class:`RecipeError` naming the flag when it sets a
     setting the kind does not honour (a setting at its default is not set) or a value out of range."""
     defaults = Execution()

@@ -8,7 +8,8 @@ accuracy there, and copies of the weights at requested iterations (for rewinding
 pass, each member as it would train alone. ``TrainingPool`` trains networks concurrently in worker processes.
 """
 
-from subnets.recipes.training import ONE_AT_A_TIME, Execution, TrainConfig, parse_duration
+from subnets.recipes.execution import ONE_AT_A_TIME, Execution
+from subnets.recipes.training import TrainConfig, parse_duration
 from subnets.train.loop import StepHooks, TrainResult, evaluate, train
 from subnets.train.population import Population, evaluate_population, population_support, train_population
 from subnets.train.workers import TrainingPool, UnitPool, WorkerFailed

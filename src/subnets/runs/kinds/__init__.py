@@ -24,12 +24,12 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from subnets.progress import Progress
-    from subnets.recipes.training import Execution
+    from subnets.recipes.execution import Execution
     from subnets.steps import StepStore
 
 Units = list[dict[str, Any]]
 EXECUTION_SETTINGS = {"workers": "--workers", "population_size": "--population", "sparse_below": "--sparse-below"}
-"""The run's execution settings (fields of :class:`subnets.recipes.training.Execution`) and the flags that set them."""
+"""The run's execution settings (fields of :class:`subnets.recipes.execution.Execution`) and the flags that set them."""
 
 
 class KindUnavailable(RuntimeError):
@@ -65,7 +65,7 @@ class Kind:
     ``recipe``: the pydantic model of its recipes, or its import path ``"package.module:Name"`` (imported when a
     recipe is validated). ``prepare(recipe, device, progress, execution)`` loads data and builds models (every
     problem a ValueError, before the store is touched) and returns a :class:`Prepared`. ``honours``: the fields
-    of :class:`~subnets.recipes.training.Execution` it takes; setting another one is a usage error. ``needs``: (module,
+    of :class:`~subnets.recipes.execution.Execution` it takes; setting another one is a usage error. ``needs``: (module,
     extra) pairs of optional packages it imports. ``rows(run, units)``: its summary table, one dict of column ->
     text per row; ``page(run, units, out_dir)``: the HTML body of its report (plots written into ``out_dir``);
     ``markdown(run, units)``: the table for the results documents (default: ``rows`` as Markdown);

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     import torch
 
     from subnets.progress import Progress
+    from subnets.recipes.execution import Execution
     from subnets.recipes.lottery import LotteryConfig
-    from subnets.recipes.training import Execution
 
 BRANCH_ORDER = ("imp", "reinit", "random_prune")
 BRANCH_LABELS = {
