@@ -56,8 +56,9 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", args.against], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout.strip()
     current = cpu_kernel.kernel()
+    implementation = cpu_kernel.implementation()
     if current is None:
-        raise SystemExit("the current CPU experts kernel did not build (see the warning)")
+        raise SystemExit(f"the current CPU experts kernel is not in use, nothing to compare: {implementation}")
     torch.manual_seed(0)
     x = torch.randn(TOKENS, DIM)
     moe = MoE(DIM, CONFIG["hidden"], CONFIG["num_experts"], CONFIG["k"], kind="swiglu")
@@ -95,6 +96,7 @@ def main() -> None:
     path = write_result("moe_kernel_ab", {
         "date": datetime.date.today().isoformat(), "against": commit, "threads": torch.get_num_threads(),
         "rounds": args.rounds, "config": {**CONFIG, "dim": DIM, "tokens": TOKENS, "ideal_chunk": IDEAL_CHUNK},
+        "experts_implementation": {"kernel now": implementation, f"kernel at {commit}": f"compiled kernel at {commit}"},
         "same_forward_bits": same_bits, "modes": results})
     console = Console(width=120)
     table = Table(title=f"E=64, k=4, h=128 MoE, {torch.get_num_threads()} threads, {args.rounds} alternated rounds: "
@@ -108,7 +110,7 @@ def main() -> None:
             table.add_row(mode, name, f"{result['best_ms'][name]:.1f}{share[0]}",
                           f"{result['median_ms'][name]:.1f}{share[1]}")
     console.print(table)
-    console.print(f"same forward bits: {same_bits}; written to {path}")
+    console.print(f"kernel now: {implementation}; same forward bits: {same_bits}; written to {path}", markup=False)
 
 
 if __name__ == "__main__":

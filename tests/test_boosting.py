@@ -157,3 +157,74 @@ def test_a_trained_feature_extractor_learns_with_the_first_stage_only() -> None:
     assert all(b <= a + 1e-6 for a, b in zip(model.train_loss_[1:], model.train_loss_[2:], strict=False))
     with pytest.raises(ValueError, match="feature_extractor must map"):
         BoostedMLPRegressor(**SMALL, feature_extractor=torch.nn.Flatten(0)).fit(x, y)
+
+
+# Randomness: every draw of a fit comes from the estimator's own generator, seeded from random_state the
+# scikit-learn way (an int reproduces, None is fresh entropy, a RandomState instance is drawn from).
+
+THREADED = {"n_stages": 4, "units_per_stage": 3, "stage_steps": 30, "subsample": 0.8, "batch_size": 64,
+            "random_state": 3}
+
+
+def test_fits_running_at_once_in_threads_equal_a_fit_alone() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from sklearn.base import clone
+
+    x, y = _friedman(400)
+    alone = BoostedMLPRegressor(**THREADED).fit(x, y).predict(x)
+    barrier = Barrier(2)
+
+    def fit(_: int) -> np.ndarray:
+        model = clone(BoostedMLPRegressor(**THREADED))
+        barrier.wait()  # both fits start together, so their draws would interleave on a shared generator
+        return model.fit(x, y).predict(x)
+
+    for _ in range(3):
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(fit, range(2)))
+        for result in results:
+            assert np.array_equal(result, alone)
+
+
+def test_a_fit_neither_reads_nor_changes_torchs_global_generator() -> None:
+    x, y = _friedman(200)
+    options = {**SMALL, "subsample": 0.8, "batch_size": 64}
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    unchanged: list[bool] = []
+    model = BoostedMLPRegressor(**options, stage_callback=lambda *_: unchanged.append(
+        torch.equal(torch.random.get_rng_state(), before))).fit(x, y)
+    assert unchanged == [True] * 4  # not seeded or drawn from while fitting either
+    assert torch.equal(torch.random.get_rng_state(), before)
+    # Drawing from the global generator between stages changes nothing in the fit.
+    disturbed = BoostedMLPRegressor(**options, stage_callback=lambda *_: torch.rand(7)).fit(x, y)
+    np.testing.assert_array_equal(disturbed.predict(x), model.predict(x))
+
+
+def test_random_state_none_is_fresh_and_an_int_reproduces() -> None:
+    x, y = _friedman(200)
+    fresh = [BoostedMLPRegressor(**{**SMALL, "random_state": None}).fit(x, y).predict(x) for _ in range(2)]
+    assert not np.array_equal(*fresh)
+    seeded = [BoostedMLPRegressor(**{**SMALL, "random_state": 7}).fit(x, y).predict(x) for _ in range(2)]
+    np.testing.assert_array_equal(*seeded)
+    labels = (y > np.median(y)).astype(int)
+    fresh = [BoostedMLPClassifier(**{**SMALL, "random_state": None}).fit(x, labels).predict_proba(x)
+             for _ in range(2)]
+    assert not np.array_equal(*fresh)
+
+
+def test_a_random_state_instance_is_accepted_and_drawn_from() -> None:
+    x, y = _friedman(200)
+    first = BoostedMLPRegressor(**{**SMALL, "random_state": np.random.RandomState(0)}).fit(x, y).predict(x)
+    again = BoostedMLPRegressor(**{**SMALL, "random_state": np.random.RandomState(0)}).fit(x, y).predict(x)
+    np.testing.assert_array_equal(first, again)
+    state = np.random.RandomState(0)
+    model = BoostedMLPRegressor(**{**SMALL, "random_state": state})
+    assert np.array_equal(model.fit(x, y).predict(x), first)
+    assert not np.array_equal(model.fit(x, y).predict(x), first)  # the instance moved on: a new draw
+    labels = (y > np.median(y)).astype(int)
+    BoostedMLPClassifier(**{**SMALL, "random_state": np.random.default_rng(0)}).fit(x, labels)
+    with pytest.raises(ValueError, match="random_state"):
+        BoostedMLPRegressor(**{**SMALL, "random_state": "zero"}).fit(x, y)

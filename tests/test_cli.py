@@ -65,6 +65,13 @@ def subprocess_free_log(store: Path, run_id: str) -> list[str]:
     (None, ["prune.rates.conv9=0.1"], "conv9"),
     (None, ["prune.rewind=100it"], "prune.rewind"),
     (None, ["novalue"], "key=value"),
+    (None, ["train.lr=inf"], "train.lr: Input should be a finite number"),
+    (None, ["train.lr=1e309"], "train.lr: Input should be a finite number"),
+    (None, ["train.weight_decay=nan"], "train.weight_decay: Input should be a finite number"),
+    (None, ["model.options.hidden=[300, nan]"], "hidden[1] must be a finite number"),
+    (None, ["train.length=100000000000000000000it"], "longer than the longest duration accepted"),
+    (None, ["train.warmup=60it"], "warmup (60it) must be shorter than length (60it)"),
+    (None, ["train.batch_size=60000"], "train.batch_size (60000) is larger than the training split of 'mnist'"),
 ])
 def test_recipe_errors_are_one_line_exit_2_and_write_nothing(tiny_recipe, tmp_path, content, overrides,
                                                               message) -> None:
@@ -79,6 +86,20 @@ def test_recipe_errors_are_one_line_exit_2_and_write_nothing(tiny_recipe, tmp_pa
     assert code == 2
     assert message in stderr and stderr.startswith("error:") and stderr.count("\n") == 1, stderr
     assert not store.exists()
+
+
+def test_a_recipe_that_is_not_utf8_is_one_line(tmp_path) -> None:
+    recipe = tmp_path / "latin1.toml"
+    recipe.write_bytes('kind = "lottery"\nname = "café"\n'.encode("latin-1"))
+    code, _, stderr = invoke("run", str(recipe), "--store", str(tmp_path / "s"))
+    assert code == 2 and "not UTF-8 text" in stderr and stderr.count("\n") == 1, stderr
+
+
+@pytest.mark.parametrize("flag", ["--threads", "--workers"])
+def test_threads_and_workers_are_bounded_by_the_cores(tiny_recipe, tmp_path, flag) -> None:
+    too_many = str((os.cpu_count() or 1) + 1)
+    code, _, stderr = invoke("run", str(tiny_recipe()), "--store", str(tmp_path / "s"), flag, too_many)
+    assert code == 2 and f"{too_many} is not in the range" in stderr and not (tmp_path / "s").exists(), stderr
 
 
 def test_missing_recipe_unknown_run_and_device(tiny_recipe, tmp_path) -> None:

@@ -210,3 +210,112 @@ def test_using_swaps_the_kernel_inside_the_block_only(compiled) -> None:
     with pytest.raises(KeyError), cpu_kernel.using(stand_in):
         raise KeyError("inside")
     assert cpu_kernel.kernel() is compiled
+
+
+COMPILER_OUTPUT = ("Error building extension 'subnets_experts_cpu': [1/2] c++ -MMD -MF experts_cpu.o.d -O3 -c "
+                   "experts_cpu.cpp -o experts_cpu.o\nFAILED: experts_cpu.o\n"
+                   "experts_cpu.cpp:12:5: error: 'at::frobnicate' has not been declared\n"
+                   "   12 |     at::frobnicate(x);\n      |     ^~~~~~~~~~\n"
+                   "experts_cpu.cpp:40:1: note: in expansion of macro 'SOMETHING'\n"
+                   "ninja: build stopped: subcommand failed.\n")
+
+
+@pytest.fixture
+def failed_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A build that fails with a compiler's multi-line output (without compiling anything), in a fresh kernel
+    state; the real kernel's state comes back afterwards (``monkeypatch`` restores ``_loaded`` and the builder)."""
+    def fail(source: Path, name: str, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        raise RuntimeError(COMPILER_OUTPUT)
+
+    monkeypatch.setattr(cpu_kernel, "compile_source", fail)
+    monkeypatch.setattr(cpu_kernel, "_loaded", {})
+    monkeypatch.setenv("SUBNETS_KERNELS", str(tmp_path / "kernels"))
+    monkeypatch.delenv(cpu_kernel.SWITCH, raising=False)
+    return tmp_path
+
+
+def _log_named_in(message: str) -> Path:
+    """The log file a build warning names (``... is in <path>. Set ...``)."""
+    named = message.split("full output is in ", 1)[1].split(". Set ", 1)[0]
+    return Path(named)
+
+
+def test_a_failed_build_keeps_the_full_compiler_output_in_a_log_named_by_the_one_warning(
+        failed_build: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        moe = MoE(8, 16, num_experts=4, k=2)
+        out = moe(torch.randn(20, 8))
+        assert cpu_kernel.kernel() is None  # remembered: no second attempt
+    assert out.shape == (20, 8)
+    built = [w for w in caught if "CPU experts kernel could not be built" in str(w.message)]
+    assert len(built) == 1 and built[0].category is RuntimeWarning
+    message = str(built[0].message)
+    assert "error: 'at::frobnicate' has not been declared" in message  # the compiler's error, not ninja's last line
+    log = _log_named_in(message)
+    assert log.is_file() and log.parent == cpu_kernel.build_directory()
+    assert log.name.startswith("build-") and log.suffix == ".log"
+    assert COMPILER_OUTPUT.strip() in log.read_text()  # every line, in order
+    description = cpu_kernel.implementation()
+    assert description.startswith("python loop (") and str(log) in description
+    assert description != cpu_kernel.COMPILED
+
+
+def test_the_build_warning_can_be_filtered(failed_build: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", message="subnets: the CPU experts kernel could not be built",
+                                category=RuntimeWarning)
+        assert cpu_kernel.kernel() is None
+    assert caught == []
+    assert cpu_kernel.implementation().startswith("python loop (the kernel did not build")
+
+
+def test_the_log_goes_to_the_temporary_folder_when_the_kernel_folder_cannot_be_written(
+        failed_build: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = failed_build / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("SUBNETS_KERNELS", str(blocker))  # the kernel folder would be below a file: mkdir fails
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(failed_build / "tmp"))
+    with pytest.warns(RuntimeWarning, match="could not be built") as caught:
+        assert cpu_kernel.kernel() is None
+    log = _log_named_in(str(caught[0].message))
+    assert log.parent == failed_build / "tmp" / "subnets-kernels"
+    assert "NotADirectoryError" in log.read_text() and str(blocker) in log.read_text()
+
+
+def test_implementation_names_what_runs(monkeypatch: pytest.MonkeyPatch, compiled) -> None:
+    assert cpu_kernel.implementation() == cpu_kernel.COMPILED == "compiled kernel"
+    assert cpu_kernel.implementation("cuda").startswith("python loop (the kernel is CPU-only")
+    monkeypatch.setenv(cpu_kernel.SWITCH, "python")
+    assert cpu_kernel.implementation() == f"python loop ({cpu_kernel.SWITCH}=python)"
+
+
+def test_after_a_simulated_failure_the_real_kernel_is_back(compiled) -> None:
+    """Runs after the failure tests: their state did not leak (the kernel module is the real one)."""
+    assert cpu_kernel.kernel() is compiled and hasattr(compiled, "top_k")
+    assert cpu_kernel.implementation() == cpu_kernel.COMPILED
+
+
+def test_each_moe_unit_records_the_implementation_that_ran_its_experts(tmp_path: Path, compiled) -> None:
+    """The ``moe`` experiment's MoE units say which implementation ran (here the kernel); dense units do not."""
+    import json
+
+    from cli_invoke import invoke, run_recipe
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "moe-mnist.toml"
+    store = tmp_path / "runs"
+    code, stdout, stderr = run_recipe(recipe, store, ["seeds=[0]", "train.length=10it", "train.eval_every=10it",
+                                                      "train.batch_size=64", 'variants=["dense-active","none"]'])
+    assert code == 0, stderr
+    view = json.loads(invoke("show", stdout.split()[1], "--store", str(store), "--json")[1])
+    units = {u["variant"]: u for u in view["units"]}
+    assert units["none"]["experts_implementation"] == cpu_kernel.COMPILED
+    assert "experts_implementation" not in units["dense-active"]

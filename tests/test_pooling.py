@@ -867,3 +867,45 @@ def test_stochastic_gradient_reaches_one_element_per_window_on_an_exactly_tiled_
     out.sum().backward()
     assert x.grad.sum().item() == (out > 0).sum().item()
     assert set(x.grad.unique().tolist()) <= {0.0, 1.0}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Token ops: non-finite values in the padding.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", TOKEN_POOLS)
+def test_nan_and_inf_in_the_padding_never_reach_the_output_or_the_gradient(name: str) -> None:
+    """Padded positions holding NaN, +inf, -inf or huge values give the same output, and the same gradients with
+    respect to the real tokens and the op's parameters, as zeros there; masking by multiplying with the mask
+    would not (0 * NaN = 0 * inf = NaN)."""
+    torch.manual_seed(14)
+    m = make_token_op(name)
+    mask = torch.tensor([[True] * 6,
+                         [False, True, True, False, True, False],
+                         [True, True, True, False, False, False],
+                         [False, False, False, False, True, False],
+                         [False] * 6])  # a row with no real token
+    x = torch.randn(5, 6, D, dtype=DTYPE)
+    poison = torch.tensor([math.nan, math.inf, -math.inf, 1e300, -1e300], dtype=DTYPE)
+    padding = poison[torch.randint(len(poison), x.shape)]
+    padding[1, 0] = math.nan  # whole padded tokens of NaN, of +inf and of -inf too
+    padding[2, 3] = math.inf
+    padding[4, 5] = -math.inf
+    weights = torch.randn(5, D, dtype=DTYPE)
+
+    def run(fill: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        real = x.clone().requires_grad_(True)
+        y = m(torch.where(mask.unsqueeze(-1), real, fill), mask)
+        grads = torch.autograd.grad((y * weights).sum(), [real, *m.parameters()])
+        return y.detach(), list(grads)
+
+    want, want_grads = run(torch.zeros_like(x))
+    got, got_grads = run(padding)
+    assert torch.isfinite(got).all()
+    assert torch.equal(got, want)
+    assert torch.equal(got[4], torch.zeros(D, dtype=DTYPE))
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-12)
+    assert torch.equal(got_grads[0][~mask], torch.zeros_like(got_grads[0][~mask]))

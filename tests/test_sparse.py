@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -106,3 +109,13 @@ def test_training_in_sparse_form_matches_the_dense_masked_path(mnist) -> None:
     assert sparse.checkpoints[100].keys() == dense.checkpoints[100].keys()
     torch.testing.assert_close(sparse.checkpoints[100]["fc1.weight"], dense.checkpoints[100]["fc1.weight"],
                                atol=2e-4, rtol=0)
+
+
+def test_the_csr_beta_notice_is_silenced_in_place_not_by_a_global_filter() -> None:
+    """Importing subnets changes no warning filter of the process, and sparse training still shows no notice (as an
+    error under ``-W error``)."""
+    code = ("import warnings, torch; before = list(warnings.filters); from subnets.train.sparse import CsrPattern; "
+            "assert warnings.filters == before, 'a global warning filter was installed'; "
+            "p = CsrPattern(torch.rand(6, 5) > 0.5); p.matrix(torch.ones(p.nnz)) @ torch.ones(5, 2)")
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -9,7 +9,7 @@ import torch
 from pydantic import ValidationError
 
 from subnets.models import build_model
-from subnets.train import TrainConfig, parse_duration, train
+from subnets.train import Diverged, TrainConfig, parse_duration, train
 
 
 def test_durations() -> None:
@@ -69,6 +69,12 @@ def test_training_learns_and_reports_early_stop(mnist) -> None:
     assert set(result.checkpoints) == {0, 200}
     initial = _lenet()
     assert torch.equal(result.checkpoints[0]["fc1.weight"], initial.fc1.weight.detach())
+
+
+def test_a_diverging_training_raises_rather_than_reporting_an_early_stop(mnist) -> None:
+    config = TrainConfig(length="40it", eval_every="20it", optimizer="sgd", lr=1e12)
+    with pytest.raises(Diverged, match=r"training diverged: training loss (nan|inf) at iteration 20; lower train.lr"):
+        train(_lenet(), mnist, config, seed=0)
 
 
 def test_same_seed_same_numbers_and_resume_from_checkpoint(mnist) -> None:

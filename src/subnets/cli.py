@@ -7,6 +7,7 @@ Each verb imports what it needs when it runs (torch, a family, matplotlib), so `
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,9 +20,10 @@ from rich.table import Table
 from subnets.runs.kinds import KindUnavailable
 from subnets.runs.recipe import RecipeError
 from subnets.runs.runner import default_store, report, run_recipe, show, table
-from subnets.runs.store import RunBusy, Store, UnknownRun
+from subnets.runs.store import RunBusy, Store, StoreError, UnknownRun, check_folder
 
 USAGE_ERROR = 2
+CORES = os.cpu_count() or 1
 out = Console(highlight=False, soft_wrap=True)
 
 
@@ -30,8 +32,25 @@ def _fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
     sys.exit(code)
 
 
-def _store(path: Path | None) -> Store:
-    return Store(path or default_store())
+def _store(path: str | None, write: bool = False) -> Store:
+    """The store at ``--store`` (default :func:`default_store`), checked for reading or, with ``write``, for
+    writing: a bad path (empty, a file, no permission, a system folder, not a run store) is one error line and exit
+    code 2 before anything is read or written."""
+    store = Store(default_store() if path is None else path)
+    try:
+        store.validate(write)
+    except StoreError as error:
+        _fail(str(error))
+    return store
+
+
+def _warn_if_damaged(store: Store, run_id: str) -> None:
+    """One ``warning:`` line on stderr when artefacts of the run are missing or corrupt (stdout stays clean)."""
+    damaged = len(store.check(run_id))
+    if damaged:
+        one = damaged == 1
+        click.echo(f"warning: {damaged} artefact{'' if one else 's'} of run {run_id} {'is' if one else 'are'} missing "
+                   f"or corrupt; run the recipe again to recompute {'it' if one else 'them'}", err=True)
 
 
 class _OneLineErrors(click.Group):
@@ -51,7 +70,7 @@ class _OneLineErrors(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-store_option = click.option("--store", "store_path", type=click.Path(path_type=Path), default=None,
+store_option = click.option("--store", "store_path", type=click.Path(path_type=str), default=None,
                             help="Run store folder (default: $SUBNETS_HOME, else ./subnets-runs).")
 
 
@@ -66,27 +85,28 @@ def cli() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
 @store_option
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=click.IntRange(min=1, max=CORES), default=None,
               help="CPU threads for torch (default: torch's choice). Give each of several concurrent runs "
                    "its share of the cores: oversubscribed threads slow every run down many times over.")
 @click.option("--population", "population_size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train up to N networks of a level (branches x seeds) together in one batched pass.")
 @click.option("--sparse-below", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Train masked linear layers below this density in sparse (CSR) form; not in populations.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Train this many networks at once in worker processes, splitting the threads among them.")
+@click.option("--workers", type=click.IntRange(min=1, max=CORES), default=1, show_default=True,
+              help="Train this many networks at once in worker processes, splitting the threads among them "
+                   "(at most one per core, and per unit left to train).")
 @click.option("--quiet", is_flag=True, help="No progress bars or log lines.")
-def run_command(recipe: Path, overrides: tuple[str, ...], store_path: Path | None, device: str,
+def run_command(recipe: Path, overrides: tuple[str, ...], store_path: str | None, device: str,
                 threads: int | None, population_size: int, sparse_below: float, workers: int,
                 quiet: bool) -> None:
     """Run (or resume) RECIPE, then write its report."""
     if workers > 1 and population_size > 1:
         _fail("--workers and --population: choose one (each worker trains one network at a time)")
+    store = _store(store_path, write=True)
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    store = _store(store_path)
     execution = {"population_size": population_size, "sparse_below": sparse_below, "workers": workers}
     try:
         if quiet:
@@ -97,15 +117,15 @@ def run_command(recipe: Path, overrides: tuple[str, ...], store_path: Path | Non
             with BarProgress() as progress:
                 identifier = run_recipe(recipe, list(overrides), store, device, progress, execution)
         index = report(store, identifier)
-    except (RecipeError, KindUnavailable) as error:
+    except (RecipeError, KindUnavailable, StoreError) as error:
         _fail(str(error))
     except RunBusy as error:
         _fail(str(error), code=1)
     except RuntimeError as error:
         from subnets.data import DatasetUnavailable
-        from subnets.train import WorkerFailed
+        from subnets.train import Diverged, WorkerFailed
 
-        if isinstance(error, DatasetUnavailable | WorkerFailed):
+        if isinstance(error, DatasetUnavailable | WorkerFailed | Diverged):
             _fail(str(error), code=1)
         raise
     except KeyboardInterrupt:
@@ -116,10 +136,14 @@ def run_command(recipe: Path, overrides: tuple[str, ...], store_path: Path | Non
 @cli.command("list")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON array on stdout.")
-def list_command(store_path: Path | None, as_json: bool) -> None:
+def list_command(store_path: str | None, as_json: bool) -> None:
     """List the runs in the store."""
-    runs = [{k: r[k] for k in ("id", "kind", "name", "status", "steps", "created", "updated")}
-            for r in _store(store_path).runs()]
+    store = _store(store_path)
+    try:
+        found = store.runs()
+    except StoreError as error:
+        _fail(str(error))
+    runs = [{k: r[k] for k in ("id", "kind", "name", "status", "steps", "created", "updated")} for r in found]
     if as_json:
         click.echo(json.dumps(runs, indent=2))
         return
@@ -134,11 +158,13 @@ def list_command(store_path: Path | None, as_json: bool) -> None:
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout (stable format).")
 @click.option("--markdown", is_flag=True, help="The summary as Markdown (lottery: branches side by side, findings).")
-def show_command(run: str, store_path: Path | None, as_json: bool, markdown: bool) -> None:
+def show_command(run: str, store_path: str | None, as_json: bool, markdown: bool) -> None:
     """Show a run (RUN is an id or a unique prefix of one)."""
+    store = _store(store_path)
     try:
-        view = show(_store(store_path), run)
-    except UnknownRun as error:
+        view = show(store, run)
+        _warn_if_damaged(store, view["id"])
+    except (UnknownRun, StoreError) as error:
         _fail(str(error))
     if as_json:
         click.echo(json.dumps(view))
@@ -163,11 +189,15 @@ def show_command(run: str, store_path: Path | None, as_json: bool, markdown: boo
 @store_option
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder for index.html and the plots (default: <store>/reports/<id>).")
-def report_command(run: str, store_path: Path | None, out_dir: Path | None) -> None:
+def report_command(run: str, store_path: str | None, out_dir: Path | None) -> None:
     """Write the HTML report (with PNG plots) of a run."""
+    store = _store(store_path)
     try:
-        index = report(_store(store_path), run, out_dir)
-    except UnknownRun as error:
+        run_id = store.run(run)["id"]
+        check_folder(out_dir or store.root / "reports" / run_id, "report folder")
+        _warn_if_damaged(store, run_id)
+        index = report(store, run_id, out_dir)
+    except (UnknownRun, StoreError) as error:
         _fail(str(error))
     out.print(f"report: {index}")
 

@@ -6,12 +6,22 @@ After ``fit``, ``model.module`` is one ordinary ``nn.Module`` with ``n_stages * 
 (inputs standardised inside it); ``predict(X, stages=t)`` uses only the units of the first ``t`` stages, so one
 fitted model serves several compute budgets. The estimators follow scikit-learn's conventions (``fit``,
 ``predict``, ``predict_proba``, ``score``, ``get_params``/``set_params``).
+
+Every random draw of a fit (initial weights, validation split, subsamples, minibatch order) comes from the
+estimator's own ``torch.Generator`` seeded from ``random_state``, never from torch's global generator, so fits
+running at once in threads (joblib's threading backend) give the same results as alone. ``random_state``: an int
+reproduces the fit, None draws fresh entropy (every fit differs), a ``numpy.random.RandomState`` or ``Generator``
+is drawn from (so refitting with the same instance differs). Randomness inside a trained ``feature_extractor``
+(e.g. dropout) is the extractor's own and draws from torch's global generator, which ``fit`` neither seeds nor
+restores.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import numbers
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -37,6 +47,38 @@ def mean_and_scale(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, torch.where(std > 0, std, torch.ones_like(std))
 
 
+def torch_generator(random_state: Any) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded from ``random_state`` the scikit-learn way: an int is the seed, None is
+    fresh entropy, a ``numpy.random.RandomState`` or ``Generator`` is drawn from (its state moves on)."""
+    if random_state is None:
+        seed = secrets.randbits(63)
+    elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        seed = int(random_state)
+    elif isinstance(random_state, np.random.RandomState):
+        seed = int(random_state.randint(0, 2**63 - 1, dtype=np.int64))
+    elif isinstance(random_state, np.random.Generator):
+        seed = int(random_state.integers(0, 2**63 - 1))
+    else:
+        raise ValueError(f"random_state must be None, an int, a numpy.random.RandomState or a numpy.random.Generator, "
+                         f"got {random_state!r}")
+    try:
+        return torch.Generator().manual_seed(seed)
+    except RuntimeError as error:
+        raise ValueError(f"random_state {random_state!r} is not a valid seed: {error}") from None
+
+
+def _linear(fan_in: int, fan_out: int, generator: torch.Generator, device: torch.device) -> nn.Linear:
+    """``nn.Linear(fan_in, fan_out)`` initialised as torch does by default (weights kaiming-uniform with
+    ``a=sqrt(5)`` and biases, both uniform in ``+-1/sqrt(fan_in)``), drawn on the CPU from ``generator``, then moved
+    to ``device``: torch's global generator is not touched."""
+    layer = torch.nn.utils.skip_init(nn.Linear, fan_in, fan_out)
+    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    with torch.no_grad():
+        torch.nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
+        torch.nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    return layer.to(device)
+
+
 def _extract(extractor: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
     """The features the stages see: ``extractor(x)`` in evaluation mode without gradients (``x`` without one)."""
     if extractor is None:
@@ -48,6 +90,11 @@ def _extract(extractor: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"feature_extractor must map (n, d) inputs to (n, features), got {tuple(features.shape)} "
                          f"for {tuple(x.shape)}")
     return features
+
+
+def _caster(dtype: torch.dtype | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Tensors to ``dtype`` (unchanged when None)."""
+    return (lambda tensor: tensor) if dtype is None else (lambda tensor: tensor.to(dtype))
 
 
 class BoostedNet(nn.Module):
@@ -74,18 +121,22 @@ class BoostedNet(nn.Module):
         """The number of stages added so far."""
         return len(self.hidden_bias) // self.units
 
-    def features(self, x: torch.Tensor, units: int | None = None) -> torch.Tensor:
-        """The first ``units`` hidden activations (all when None)."""
+    def features(self, x: torch.Tensor, units: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The first ``units`` hidden activations (all when None), computed in ``dtype`` (the parameters' when None;
+        the extractor runs as it is)."""
         m = len(self.hidden_bias) if units is None else units
         if self.extractor is not None:
             x = self.extractor(x)
-        z = (x - self.mean) / self.std
-        return _ACTIVATIONS[self.activation](z @ self.hidden_weight[:m].T + self.hidden_bias[:m])
+        cast = _caster(dtype)
+        z = (cast(x) - cast(self.mean)) / cast(self.std)
+        return _ACTIVATIONS[self.activation](z @ cast(self.hidden_weight[:m]).T + cast(self.hidden_bias[:m]))
 
-    def forward(self, x: torch.Tensor, stages: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stages: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         t = self.stages if stages is None else stages
         m = t * self.units
-        return self.features(x, m) @ self.out_weight[:, :m].T + self.out_bias + self.stage_bias[:t].sum(0)
+        cast = _caster(dtype)
+        return (self.features(x, m, dtype) @ cast(self.out_weight[:, :m]).T + cast(self.out_bias)
+                + cast(self.stage_bias[:t]).sum(0))
 
     def forward_cost(self, inputs: tuple, kwargs: dict, output: torch.Tensor, kept: Keep) -> RowCost:
         """Per example, the stages this call used (:mod:`subnets.cost`): their hidden and output products and
@@ -132,7 +183,8 @@ class _BoostedMLP(BaseEstimator):
                  stage_lr: float = 0.01, batch_size: int | None = None, subsample: float = 1.0,
                  activation: Literal["relu", "tanh"] = "relu",
                  line_search: bool = True, max_step: float = 10.0, validation_fraction: float | None = None,
-                 n_iter_no_change: int | None = None, random_state: int | None = None,
+                 n_iter_no_change: int | None = None,
+                 random_state: int | np.random.RandomState | np.random.Generator | None = None,
                  feature_extractor: nn.Module | None = None, train_extractor: bool = False,
                  device: str = "cpu", stage_callback: Callable[[int, float, float | None], None] | None = None
                  ) -> None:
@@ -188,34 +240,30 @@ class _BoostedMLP(BaseEstimator):
                held_out: tuple[np.ndarray, torch.Tensor] | None = None) -> None:
         """Fit ``self.module_`` to ``y`` (``(n, K)`` in the loss's space; outputs are ``shift + scale * F``);
         ``held_out`` is a validation set given to ``fit`` (``eval_set``), in the same spaces."""
-        generator = torch.Generator().manual_seed(0 if self.random_state is None else int(self.random_state))
-        torch_state = torch.random.get_rng_state()
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=generator)))
         inputs = torch.tensor(x, dtype=torch.float32)
         if held_out is not None:
             if self.validation_fraction is not None:
                 raise ValueError("give either eval_set or validation_fraction, not both")
             inputs, y = torch.cat([inputs, torch.tensor(held_out[0], dtype=torch.float32)]), torch.cat([y, held_out[1]])
         device = self._torch_device()
-        try:
-            self._boost_seeded(inputs.to(device), y.to(device), loss, scale.to(device), shift.to(device), generator,
-                               0 if held_out is None else len(held_out[1]))
-        finally:
-            torch.random.set_rng_state(torch_state)
+        generator = torch_generator(self.random_state)
+        self._boost_seeded(inputs.to(device), y.to(device), loss, scale.to(device), shift.to(device), generator,
+                           0 if held_out is None else len(held_out[1]))
 
     def _boost_seeded(self, x: torch.Tensor, y: torch.Tensor, loss: Any, scale: torch.Tensor, shift: torch.Tensor,
                       generator: torch.Generator, held_out: int) -> None:
         """The boosting loop; the last ``held_out`` rows of ``x`` and ``y`` are the validation set (when 0,
-        ``validation_fraction`` of the rows are drawn for it)."""
+        ``validation_fraction`` of the rows are drawn for it). Every draw comes from ``generator`` (on the CPU)."""
         n = len(x) - held_out
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n, generator=generator).to(x.device)
         n_val = int(round(n * self.validation_fraction)) if self.validation_fraction else 0
         if self.validation_fraction and not 0 < n_val < n:
             raise ValueError(f"validation_fraction={self.validation_fraction} leaves no training or validation "
                              f"rows of {n}")
         val, train = order[:n_val], order[n_val:]
         if held_out:
-            val, train, n_val = torch.arange(n, n + held_out), torch.arange(n), held_out
+            val, train, n_val = (torch.arange(n, n + held_out, device=x.device), torch.arange(n, device=x.device),
+                                 held_out)
         extractor = None if self.feature_extractor is None else copy.deepcopy(self.feature_extractor).to(x.device)
         features = _extract(extractor, x)
         y_train = y[train]
@@ -233,7 +281,7 @@ class _BoostedMLP(BaseEstimator):
             start = time.perf_counter()
             residual = loss.residuals(y_train, f_train)
             rows = (torch.randperm(len(train), generator=generator)[:max(1, math.ceil(self.subsample * len(train)))]
-                    if self.subsample < 1 else slice(None))
+                    .to(x.device) if self.subsample < 1 else slice(None))
             if extractor is not None and self.train_extractor and not self.module_.stages:
                 # The extractor trains with the first stage only, then stays fixed: later stages fit residuals
                 # of features that no longer move.
@@ -276,12 +324,14 @@ class _BoostedMLP(BaseEstimator):
                    extra: list[nn.Parameter], generator: torch.Generator) -> nn.Sequential:
         """J new units and their output weights fitted to ``residual`` by least squares on ``inputs(rows)``
         (full batch, or Adam on minibatches of ``batch_size`` rows drawn without replacement, epoch by epoch);
-        the ``extra`` parameters (a feature extractor's) train with them."""
+        the ``extra`` parameters (a feature extractor's) train with them. The initial weights and the minibatch
+        order are drawn from ``generator``."""
         with torch.no_grad():
             width = inputs(slice(0, 1)).shape[1]
-        stage = nn.Sequential(nn.Linear(width, self.units_per_stage),
+        device = residual.device
+        stage = nn.Sequential(_linear(width, self.units_per_stage, generator, device),
                               nn.ReLU() if self.activation == "relu" else nn.Tanh(),
-                              nn.Linear(self.units_per_stage, outputs)).to(residual.device)
+                              _linear(self.units_per_stage, outputs, generator, device))
         parameters = [*stage.parameters(), *extra]
 
         def objective(batch: Any = slice(None)) -> torch.Tensor:
@@ -302,12 +352,12 @@ class _BoostedMLP(BaseEstimator):
             optimizer = torch.optim.Adam(parameters, lr=self.stage_lr)
             n, size = len(residual), self.batch_size
             batched = size is not None and size < n
-            order, position = (torch.randperm(n, generator=generator) if batched else None), 0
+            order, position = (torch.randperm(n, generator=generator).to(device) if batched else None), 0
             for _ in range(self.stage_steps):
                 batch: Any = slice(None)
                 if batched:
                     if position + size > n:
-                        order, position = torch.randperm(n, generator=generator), 0
+                        order, position = torch.randperm(n, generator=generator).to(device), 0
                     batch, position = order[position:position + size], position + size
                 optimizer.zero_grad()
                 objective(batch).backward()
@@ -352,8 +402,11 @@ class _BoostedMLP(BaseEstimator):
         x = validate_data(self, X, reset=False)
         if stages is not None and (not isinstance(stages, int | np.integer) or not 0 <= stages <= self.n_stages_):
             raise ValueError(f"stages must be an int in [0, {self.n_stages_}], got {stages!r}")
+        # The stages run in float64: float32 matrix products round differently with the number of rows, so a row's
+        # prediction would depend on the rows predicted with it (scikit-learn checks it does not).
         with torch.no_grad():
-            return self.module_(torch.tensor(x, dtype=torch.float32, device=self.module_.mean.device), stages).cpu()
+            return self.module_(torch.tensor(x, dtype=torch.float32, device=self.module_.mean.device), stages,
+                                dtype=torch.float64).cpu()
 
 
 def _as_float_targets(y: np.ndarray) -> torch.Tensor:
@@ -388,7 +441,7 @@ class BoostedMLPRegressor(RegressorMixin, _BoostedMLP):
 
     def predict(self, X: Any, stages: int | None = None) -> np.ndarray:
         """Predictions of the first ``stages`` stages (all by default)."""
-        out = self._raw(X, stages).numpy().astype(np.float64)
+        out = self._raw(X, stages).numpy()
         return out[:, 0] if self._single_output else out
 
 
@@ -427,7 +480,7 @@ class BoostedMLPClassifier(ClassifierMixin, _BoostedMLP):
 
     def predict_proba(self, X: Any, stages: int | None = None) -> np.ndarray:
         """Class probabilities ``(n, n_classes)`` from the first ``stages`` stages (all by default)."""
-        f = self._raw(X, stages).double()
+        f = self._raw(X, stages)
         if len(self.classes_) == 2:
             p = torch.sigmoid(f)
             return torch.cat([1 - p, p], 1).numpy()

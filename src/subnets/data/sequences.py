@@ -17,6 +17,11 @@ from subnets.data.registry import Dataset, register_dataset
 def load_mnist1d(num_samples: int = 5000, seed: int = 42, val_fraction: float = 0.1) -> Dataset:
     """MNIST-1D: ``num_samples`` signals generated with ``seed``, the last ``val_fraction`` of them for validation,
     and the package's test split."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 10 <= num_samples <= 10**7:
+        raise ValueError(f"dataset 'mnist1d': num_samples must be an integer from 10 to 10,000,000, "
+                         f"got {num_samples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"dataset 'mnist1d': seed must be a non-negative integer, got {seed!r}")
     if not 0 < val_fraction < 1:
         raise ValueError(f"dataset 'mnist1d': val_fraction must be in (0, 1), got {val_fraction}")
     from mnist1d.data import get_dataset_args, make_dataset

@@ -6,16 +6,21 @@ order (bit-identical results), but run by OpenMP threads, one expert per thread,
 and lock overhead the loop pays about twenty times per expert. The router's top-k selection of float32
 scores also runs here. It is compiled once per torch and Python version (about 30 s, with the C++ compiler
 and ninja that torch's extension builder needs) into ``$SUBNETS_KERNELS`` (default
-``~/.cache/subnets/kernels``); when it cannot be built, a warning says why and the Python loop is used.
-``SUBNETS_EXPERTS_KERNEL=python`` turns the kernel off.
+``~/.cache/subnets/kernels``); when it cannot be built, one ``RuntimeWarning`` says why, naming the log file
+that keeps the compiler's full output (``build-<hash>.log`` in that folder), and the Python loop is used.
+``SUBNETS_EXPERTS_KERNEL=python`` turns the kernel off. :func:`implementation` says which of the two runs.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import os
 import platform
 import sys
+import tempfile
 import threading
+import traceback
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,8 +32,9 @@ import torch
 SOURCE = Path(__file__).with_name("csrc") / "experts_cpu.cpp"
 SWITCH = "SUBNETS_EXPERTS_KERNEL"
 _LOCK = threading.Lock()
-_loaded: dict[str, ModuleType | None] = {}
+_loaded: dict[str, object] = {}  # "module": the kernel (None: not built); "failure": why, when it did not build
 _UNSET = object()
+COMPILED = "compiled kernel"
 
 
 def build_directory() -> Path:
@@ -52,8 +58,23 @@ def kernel() -> ModuleType | None:
         return None
     with _LOCK:
         if "module" not in _loaded:
+            _loaded.pop("failure", None)
             _loaded["module"] = _build()
-        return _loaded["module"]
+        return _loaded["module"]  # type: ignore[return-value]
+
+
+def implementation(device: torch.device | str = "cpu") -> str:
+    """Which implementation runs the experts of float32 tensors on ``device``: ``"compiled kernel"``, or
+    ``"python loop (<why>)"`` (switched off, another device, or the kernel did not build: then the reason
+    and the log file of the compiler's output). Builds the kernel if it has not been tried yet."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        return f"python loop (the kernel is CPU-only; device {device.type})"
+    if not enabled():
+        return f"python loop ({SWITCH}=python)"
+    if kernel() is not None:
+        return COMPILED
+    return f"python loop ({_loaded.get('failure') or 'the kernel did not build'})"
 
 
 @contextmanager
@@ -93,16 +114,58 @@ def compile_source(source: Path, name: str, folder: Path) -> ModuleType:
 
 
 def _build() -> ModuleType | None:
+    folder = None
     try:
         folder = build_directory()
         if not (folder.is_dir() and any(folder.glob("*.so"))):
             print(f"subnets: compiling the CPU experts kernel into {folder} (once, about 30 s)", file=sys.stderr)
         return compile_source(SOURCE, "subnets_experts_cpu", folder)
     except Exception as error:  # no compiler, no ninja, an unwritable cache: the Python loop still works
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        reason = _reason(error)
+        log = _write_log(error, folder)
+        where = (f"the compiler's full output is in {log}" if isinstance(log, Path)
+                 else f"the compiler's output could not be saved: {log}")
+        _loaded["failure"] = f"the kernel did not build: {reason}; {where}"
         warnings.warn(f"subnets: the CPU experts kernel could not be built ({reason}); using the Python loop. "
-                      f"Set {SWITCH}=python to skip trying.", RuntimeWarning, stacklevel=3)
+                      f"{where[0].upper()}{where[1:]}. Set {SWITCH}=python to skip trying.", RuntimeWarning,
+                      stacklevel=3)
         return None
+
+
+def _reason(error: Exception) -> str:
+    """One line of a failed build's error: the compiler's first ``error:`` line, else the last line (torch's
+    builder puts the whole compiler output in its message, whose last line is ninja's "build stopped")."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    errors = [line for line in lines[1:] if "error:" in line.lower()]
+    return errors[0] if errors else lines[-1]
+
+
+def _write_log(error: Exception, folder: Path | None) -> Path | str:
+    """Writes the failed build's full output (the error's whole message and traceback) to ``build-<hash>.log``
+    in the kernel folder, or in the temporary folder when that cannot be written; returns the file, or why
+    neither could be written. The hash is of the source and the output, so each distinct failure has its
+    own file."""
+    text = "".join(traceback.format_exception(error))
+    try:
+        source = SOURCE.read_bytes()
+    except OSError:
+        source = b""
+    digest = hashlib.sha256(source + text.encode()).hexdigest()[:12]
+    when = datetime.datetime.now().isoformat(timespec="seconds")
+    header = (f"subnets: building the CPU experts kernel failed, {when}\nsource: {SOURCE}\nbuild folder: {folder}\n"
+              f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}\n\n")
+    problems = []
+    for place in ([folder] if folder is not None else []) + [Path(tempfile.gettempdir()) / "subnets-kernels"]:
+        try:
+            place.mkdir(parents=True, exist_ok=True)
+            path = place / f"build-{digest}.log"
+            path.write_text(header + text)
+            return path
+        except OSError as problem:
+            problems.append(f"{place}: {problem}")
+    return "; ".join(problems)
 
 
 def _ninja_folder() -> list[str]:

@@ -12,6 +12,7 @@ from torch import nn
 
 from subnets.cost import measure
 from subnets.data import Dataset
+from subnets.experts import cpu_kernel
 from subnets.experts.balancing import (
     DIAGNOSTICS,
     BalancedAssignment,
@@ -137,6 +138,9 @@ class MoEExperiment:
         # Per example, by the test set's routing; the forward pass leaves that routing in the MoE for test_routing.
         result["macs"] = measure(model, self.data.x_test).macs
         if moe is not None and hooks is not None:
+            # Which implementation ran the experts (the compiled CPU kernel, or the Python loop and why): the
+            # results are the same bits either way, the unit's seconds are not.
+            result["experts_implementation"] = cpu_kernel.implementation(self.device)
             ends, means = windowed(hooks.diagnostics)
             result["diagnostics"] = {"iteration": ends,
                                      **{name: means[:, i].tolist() for i, name in enumerate(DIAGNOSTICS)}}

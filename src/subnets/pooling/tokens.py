@@ -25,6 +25,13 @@ def _checked(op: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch
     return mask.to(torch.bool)
 
 
+def _zero_padding(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``x`` with its padded positions set to zero, so that whatever they held (NaN, inf, huge values) reaches
+    no arithmetic: multiplying by the mask instead would turn them into NaN (0 * inf, 0 * NaN), in the output
+    and in the gradient. The gradient of the result is zero at the padded positions."""
+    return x.masked_fill(~keep.unsqueeze(-1), 0.0)
+
+
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
     """Softmax of ``scores`` over ``dim`` where ``mask`` is True; zero elsewhere and for fully masked rows."""
     scores = scores.masked_fill(~mask, float("-inf"))
@@ -37,8 +44,9 @@ class MeanTokens(nn.Module):
     """The mean of the real tokens."""
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        keep = _checked(self, x, mask).unsqueeze(-1).to(x.dtype)
-        return (x * keep).sum(1) / keep.sum(1).clamp(min=1)
+        keep = _checked(self, x, mask)
+        count = keep.unsqueeze(-1).to(x.dtype).sum(1).clamp(min=1)
+        return _zero_padding(x, keep).sum(1) / count
 
 
 class MaxTokens(nn.Module):
@@ -81,6 +89,7 @@ class AttentionPool(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         keep = _checked(self, x, mask)
+        x = _zero_padding(x, keep)
         weights = masked_softmax(x @ self.query / math.sqrt(x.shape[-1]), keep, dim=1)
         return (weights.unsqueeze(-1) * x).sum(1)
 
@@ -101,6 +110,7 @@ class MultiHeadAttentionPool(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         keep = _checked(self, x, mask)
+        x = _zero_padding(x, keep)
         n, t, d = x.shape
         keys = self.key(x).reshape(n, t, self.heads, d // self.heads)
         values = self.value(x).reshape(n, t, self.heads, d // self.heads)

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from subnets.catalogue import table_names
+from subnets.recipes.common import Section
 
 MLP_OPTIMIZERS = ("adam", "sgd", "lbfgs")
 TREES = ("lightgbm", "xgboost", "hist-gb")
@@ -17,11 +18,7 @@ MLPS = tuple(f"mlp-{name}" for name in MLP_OPTIMIZERS)
 METHODS = (BOOSTED, *MLPS, *TREES)
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BoostedSection(_Section):
+class BoostedSection(Section):
     """``[boosted]``: the boosted MLP's settings (see :class:`~subnets.boosting.BoostedMLPClassifier`);
     it stops after ``n_iter_no_change`` stages without a better validation loss (never when None)."""
 
@@ -37,7 +34,7 @@ class BoostedSection(_Section):
     n_iter_no_change: int | None = Field(5, ge=1)
 
 
-class MLPSection(_Section):
+class MLPSection(Section):
     """``[mlp]``: the end-to-end MLPs' settings (see :class:`~subnets.boosting.baselines.MLPSettings`)."""
 
     steps: int = Field(4000, ge=1)
@@ -51,7 +48,7 @@ class MLPSection(_Section):
     patience: int = Field(10, ge=1)
 
 
-class TreeSection(_Section):
+class TreeSection(Section):
     """``[trees]``: the tree ensembles' settings (see :class:`~subnets.boosting.baselines.TreeSettings`)."""
 
     rounds: int = Field(1000, ge=1)
@@ -72,7 +69,7 @@ def _known_distinct(what: str, known: Callable[[], Sequence[str]]) -> Callable[[
     return check
 
 
-class BoostingTabularConfig(_Section):
+class BoostingTabularConfig(Section):
     """A ``boosting-tabular`` recipe: ``methods`` on each of ``tables``, ``folds`` folds each, splits and model
     seeds drawn from ``seed``; ``validation_fraction`` of each fold's training rows is held out for early
     stopping (MNIST has its own validation split)."""

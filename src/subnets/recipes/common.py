@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -9,13 +10,37 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from subnets.catalogue import check_dataset_name, check_model_name
 
 
-class _NamedSpec(BaseModel):
-    """A name (registered, or an import path ``"package.module:factory"``) and its options."""
+class Section(BaseModel):
+    """A recipe section: unknown fields and non-finite numbers (``inf``, ``nan``, ``1e309``) are errors, and a
+    validated section cannot change."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def finite(value: Any, where: str) -> Any:
+    """``value`` unchanged when every number in it (nested in lists and tables) is finite; else a ValueError naming
+    the key under ``where``. For free-form options, which the sections' types do not check."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            finite(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            finite(item, f"{where}[{i}]")
+    return value
+
+
+class _NamedSpec(Section):
+    """A name (registered, or an import path ``"package.module:factory"``) and its options."""
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("options")
+    @classmethod
+    def _finite(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return finite(options, "")
 
 
 class DataSpec(_NamedSpec):
@@ -56,10 +81,8 @@ Seeds = Annotated[list[int], Field(min_length=1), AfterValidator(_distinct_seeds
 """``seeds``: one or more distinct non-negative integers, one repetition of the experiment each."""
 
 
-class ExperimentSpec(BaseModel):
+class ExperimentSpec(Section):
     """The fields every recipe has besides its ``kind``: a name, the seeds and the data."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
     seeds: Seeds

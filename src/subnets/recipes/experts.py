@@ -5,19 +5,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from subnets.recipes.common import ExperimentSpec, ModelSpec, Seeds
+from subnets.recipes.common import ExperimentSpec, ModelSpec, Section, Seeds
 from subnets.recipes.training import TrainConfig
 
 DENSE_VARIANTS = ("dense-active", "dense-total")
 STRATEGIES = ("none", "switch-micro", "switch-global", "switch-z", "loss-free", "balanced")
 
 
-class MoEModelSpec(BaseModel):
+class MoEModelSpec(Section):
     """``[model]`` of a ``moe`` recipe: the classifier's width and its MoE block."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     dim: int = Field(128, ge=1)
     hidden: int = Field(64, ge=1)
@@ -33,11 +31,9 @@ class MoEModelSpec(BaseModel):
         return self
 
 
-class BalancingSpec(BaseModel):
+class BalancingSpec(Section):
     """``[balancing]``: the coefficients of the strategies and how many micro-batches a batch is split into
     for the Switch loss (``switch-micro`` counts loads per micro-batch, ``switch-global`` over the batch)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     switch_coef: float = Field(0.01, ge=0)
     z_coef: float = Field(1e-3, ge=0)
@@ -66,11 +62,9 @@ class MoEConfig(ExperimentSpec):
         return self
 
 
-class MoefyExperimentSpec(BaseModel):
+class MoefyExperimentSpec(Section):
     """``[moefy]``: which blocks to split, into how many experts, by which clustering, and the router's
     training (``samples`` training inputs, ``router_steps`` Adam steps)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     layers: list[str] = Field(min_length=1)
     experts: list[int] = Field(default_factory=lambda: [8, 16], min_length=1)
@@ -89,10 +83,8 @@ class MoefyConfig(ExperimentSpec):
     moefy: MoefyExperimentSpec
 
 
-class MoefyMiniLMSpec(BaseModel):
+class MoefyMiniLMSpec(Section):
     """``[moefy]``: expert counts, clustering methods, fractions of experts active, and the router's data."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     experts: list[int] = Field(default_factory=lambda: [16, 32], min_length=1)
     methods: list[Literal["coactivation", "weights"]] = Field(default_factory=lambda: ["coactivation"],
@@ -119,10 +111,8 @@ class MoefyMiniLMSpec(BaseModel):
         return fractions
 
 
-class MoefyMiniLMConfig(BaseModel):
+class MoefyMiniLMConfig(Section):
     """A recipe (``kind = "moefy-minilm"``) splitting all-MiniLM-L6-v2's FFNs; the data is the shipped text."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["moefy-minilm"] = "moefy-minilm"
     name: str = Field(min_length=1)

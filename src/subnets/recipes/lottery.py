@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from subnets.recipes.common import ExperimentSpec, ModelSpec
+from subnets.recipes.common import ExperimentSpec, ModelSpec, Section
 from subnets.recipes.training import TrainConfig, check_duration
 
 BRANCHES = ("imp", "reinit", "random_prune")
 LAYER_KINDS = ("conv", "fc", "output")
 
 
-class PruneConfig(BaseModel):
+class PruneConfig(Section):
     """``[prune]``: how many levels, how much per level, where to rewind, which branches to train."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     levels: int = Field(ge=0, le=200)
     method: Literal["layerwise", "global"] = "layerwise"

@@ -7,10 +7,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from subnets.catalogue import LAYER_POOLS, SPATIAL_POOLS, TOKEN_POOLS
-from subnets.recipes.common import ExperimentSpec, ModelSpec, Seeds
+from subnets.recipes.common import ExperimentSpec, ModelSpec, Section, Seeds, finite
 from subnets.recipes.training import TrainConfig
 
 SWAPPABLE_POOLS = tuple(name for name in SPATIAL_POOLS if name != "spp")
@@ -28,6 +28,11 @@ class PoolingConfig(ExperimentSpec):
     pools: list[str] = Field(default_factory=lambda: list(SWAPPABLE_POOLS), min_length=1)
     baseline: str = "max"
     pool_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("pool_options")
+    @classmethod
+    def _finite(cls, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return finite(options, "")
 
     @model_validator(mode="after")
     def _pools(self) -> PoolingConfig:
@@ -91,11 +96,9 @@ def parse_readout(name: str) -> Readout:
                      f"{', '.join(LAYER_POOLS)}")
 
 
-class SplitSpec(BaseModel):
+class SplitSpec(Section):
     """``[split]``: which books are test books (sorted by name, every ``every``-th from index ``offset``), and an
     optional cap on the pairs used per side (the first ones in file order; 0 = all), for quick runs."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     every: int = Field(4, ge=2)
     offset: int = Field(1, ge=0)
@@ -111,13 +114,11 @@ class SplitSpec(BaseModel):
         return self
 
 
-class LearnedSpec(BaseModel):
+class LearnedSpec(Section):
     """``[learned]``: how readouts with parameters train (symmetric InfoNCE over in-batch pairs, Adam).
 
     ``lr`` is for vectors and scalars (queries, layer logits), ``matrix_lr`` for projection matrices (multi-head
     pooling's key, value and output); ``heads`` is multi-head pooling's number of heads."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     steps: int = Field(200, ge=1)
     batch_size: int = Field(64, ge=2)
@@ -134,19 +135,15 @@ class LearnedSpec(BaseModel):
         return heads
 
 
-class StatsSpec(BaseModel):
+class StatsSpec(Section):
     """``[stats]``: resamples of the permutation test and of the bootstrap, and the interval's confidence."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     resamples: int = Field(10000, ge=100)
     confidence: float = Field(0.95, gt=0, lt=1)
 
 
-class PoolingEmbeddingsConfig(BaseModel):
+class PoolingEmbeddingsConfig(Section):
     """A recipe (``kind = "pooling-embeddings"``): readouts of all-MiniLM-L6-v2 on verse-pair retrieval."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["pooling-embeddings"] = "pooling-embeddings"
     name: str = Field(min_length=1)

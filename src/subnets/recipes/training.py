@@ -6,9 +6,16 @@ import math
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from subnets.recipes.common import Section
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(it|ep)\s*$")
+
+
+MAX_AMOUNT = {"it": 10**9, "ep": 10**6}
+"""The longest duration accepted, per unit: nothing sensible lies beyond (a billion iterations of LeNet-300-100 would
+take this machine a year), and a typo like ``50000000000000it`` should fail at once, not train until killed."""
 
 
 def check_duration(text: str) -> str:
@@ -16,7 +23,10 @@ def check_duration(text: str) -> str:
     match = _DURATION.match(str(text))
     if not match:
         raise ValueError(f"'{text}' is not a duration; write e.g. '50000it' (iterations) or '10ep' (epochs)")
-    return f"{int(match.group(1))}{match.group(2)}"
+    amount, unit = int(match.group(1)), match.group(2)
+    if amount > MAX_AMOUNT[unit]:
+        raise ValueError(f"'{text}' is longer than the longest duration accepted ({MAX_AMOUNT[unit]:,} {unit})")
+    return f"{amount}{unit}"
 
 
 def parse_duration(text: str, steps_per_epoch: int) -> int:
@@ -25,10 +35,8 @@ def parse_duration(text: str, steps_per_epoch: int) -> int:
     return int(amount) * (steps_per_epoch if unit == "ep" else 1)
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Section):
     """How to train one network. Every field is checked; unknown fields are rejected."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1.2e-3, gt=0)
@@ -64,6 +72,10 @@ class TrainConfig(BaseModel):
             raise ValueError("milestones apply to schedule = 'step' only")
         if parse_duration(self.eval_every, 1) == 0:
             raise ValueError("eval_every must be at least one iteration")
+        warmup, length = (_DURATION.match(d).groups() for d in (self.warmup, self.length))
+        if warmup[1] == length[1] and int(warmup[0]) > 0 and int(warmup[0]) >= int(length[0]):
+            raise ValueError(f"warmup ({self.warmup}) must be shorter than length ({self.length}): training would end "
+                             "before the learning rate reaches its value")
         return self
 
     def iterations(self, steps_per_epoch: int) -> int:

@@ -68,9 +68,11 @@ def read_recipe(path: Path | str, overrides: list[str] | None = None) -> dict[st
     """The recipe at ``path`` as a dict with ``overrides`` applied, not yet validated."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise RecipeError(f"cannot read recipe {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {error.start}); TOML recipes are UTF-8") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

@@ -92,8 +92,10 @@ def run_recipe(path: Path | str, overrides: list[str], store: Store, device: str
     identifier = run_id(recipe, prepared.identity)
     resumed = store.start_run(identifier, recipe.kind, recipe.name, recipe.model_dump(mode="json"),
                               str(torch_device), prepared.data_source)
-    steps = store.steps(identifier)
-    steps.log(("resuming" if resumed else "starting") + f" {recipe.kind} run {identifier} on {torch_device}")
+    steps = store.steps(identifier, echo=progress.log)  # resuming and recomputing are said on the console too
+    count = store.stored_steps(identifier) if resumed else 0
+    stored = f"; {count} step{'' if count == 1 else 's'} already stored" if resumed else ""
+    steps.say(("resuming" if resumed else "starting") + f" {recipe.kind} run {identifier} on {torch_device}{stored}")
     try:
         prepared.run(steps)
     except KeyboardInterrupt:

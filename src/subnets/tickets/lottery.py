@@ -236,7 +236,7 @@ class LotteryExperiment:
     def _run_in_workers(self, todo: list[tuple[int, str, int]]) -> None:
         """Keep every worker busy: a unit starts once its level's imp mask can be computed; imp units and
         lower levels go first, since they unblock the most work."""
-        workers = self.execution.workers
+        workers = min(self.execution.workers, len(todo))  # a worker with nothing to do would only take memory
         build = self.make_model
         running: dict[str, tuple[tuple[int, str, int], nn.Module, Mask, int]] = {}
         todo = sorted(todo, key=lambda unit: (unit[1] != "imp", unit[0]))

@@ -10,11 +10,12 @@ pass, each member as it would train alone. ``TrainingPool`` trains networks conc
 
 from subnets.recipes.execution import ONE_AT_A_TIME, Execution
 from subnets.recipes.training import TrainConfig, parse_duration
-from subnets.train.loop import StepHooks, TrainResult, evaluate, train
+from subnets.train.loop import Diverged, StepHooks, TrainResult, evaluate, train
 from subnets.train.population import Population, evaluate_population, population_support, train_population
 from subnets.train.workers import TrainingPool, UnitPool, WorkerFailed
 
 __all__ = [
+    "Diverged",
     "ONE_AT_A_TIME",
     "Execution",
     "Population",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,11 @@ class TrainResult:
         }
 
 
+class Diverged(RuntimeError):
+    """A training's loss became infinite or NaN: its weights are no longer numbers, and an early stop read from its
+    curve (at the last finite point) would pass a failed training off as a result."""
+
+
 class Curve:
     """The evaluation points of one training, and the early-stop iteration read from them."""
 
@@ -64,7 +70,12 @@ class Curve:
 
     def add(self, iteration: int, train_loss: float | None, val_loss: float, val_acc: float,
             test_acc: float) -> None:
-        """One evaluation; ``train_loss`` is the mean since the previous one (None at the start)."""
+        """One evaluation; ``train_loss`` is the mean since the previous one (None at the start). Raises
+        :class:`Diverged` when either loss is not finite."""
+        for name, loss in (("training", train_loss), ("validation", val_loss)):
+            if loss is not None and not math.isfinite(loss):
+                raise Diverged(f"training diverged: {name} loss {loss} at iteration {iteration}; lower train.lr, or "
+                               "check the data for extreme values")
         for key, value in zip(self.KEYS, (iteration, train_loss, val_loss, val_acc, test_acc), strict=True):
             self.points[key].append(value)
 

@@ -26,9 +26,6 @@ from torch import nn
 
 from subnets.masks import Mask
 
-# The patterns are built here from a mask, so they are valid CSR; PyTorch's beta notice says nothing more.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-
 
 class CsrPattern:
     """The fixed positions kept in an ``(out, in)`` weight, in CSR order, with those of its transpose."""
@@ -46,6 +43,11 @@ class CsrPattern:
         self._zeros: torch.Tensor | None = None
         self.crow32, self.cols32 = self.crow.int(), self.cols.int()
         self.t_crow32, self.t_col32 = self.t_crow.int(), self.t_col.int()
+        # PyTorch says once per process that CSR support is in beta; the patterns are valid CSR, built from a mask,
+        # so the notice says nothing here: let it be said, silenced, in this block only, not in a global filter.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+            self.matrix(torch.zeros(self.nnz))
 
     @property
     def nnz(self) -> int:

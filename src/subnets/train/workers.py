@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -64,6 +65,18 @@ def _to_torch(arrays: dict[str, np.ndarray], device: torch.device | str = "cpu")
     return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies, however it dies (SIGTERM, SIGKILL, a crash), so that
+    no worker outlives its run even while deep in a training; elsewhere the parent checks of :class:`_ParentWatch`
+    remain the only guard."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class _ParentWatch(Progress):
     """Ends the worker at once when its parent is gone, checked at every progress report of a training.
 
@@ -73,6 +86,7 @@ class _ParentWatch(Progress):
 
     def __init__(self, parent: int) -> None:
         self.parent = parent
+        _die_with_parent()
 
     def advance(self, key: str, steps: int = 1, **metrics: float) -> None:
         self.check()

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
     from pydantic import BaseModel
 
+    from subnets.data import Dataset
     from subnets.progress import Progress
     from subnets.recipes.execution import Execution
     from subnets.steps import StepStore
@@ -121,16 +122,27 @@ def load(path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def recipe_data(config: Any, device: torch.device) -> Dataset:
+    """The recipe's ``[data]``, its options checked, loaded and moved to ``device``; a ValueError when a batch of
+    ``train.batch_size`` rows would not fit in its training split (the run would have no whole batch)."""
+    from subnets.data import load_dataset
+
+    config.data.check()
+    data = load_dataset(config.data.name, **config.data.options)
+    batch = getattr(getattr(config, "train", None), "batch_size", None)
+    if batch is not None and batch > len(data.y_train):
+        raise ValueError(f"train.batch_size ({batch}) is larger than the training split of '{config.data.name}' "
+                         f"({len(data.y_train)} rows)")
+    return data.to(device)
+
+
 def on_data(experiment: str, workers: bool = False) -> Callable[..., Prepared]:
     """The ``prepare`` of a kind whose experiment (an import path) is built as ``(config, data, device, progress)``
     (and ``workers=`` the run's worker count if ``workers``) and has ``run``: the recipe's dataset is checked, loaded
     and moved to the device first."""
 
     def prepare(config: Any, device: torch.device, progress: Progress, execution: Execution) -> Prepared:
-        from subnets.data import load_dataset
-
-        config.data.check()
-        data = load_dataset(config.data.name, **config.data.options).to(device)
+        data = recipe_data(config, device)
         options = {"workers": execution.workers} if workers else {}
         return Prepared(data.source, load(experiment)(config, data, device, progress, **options).run,
                         data_identity(config, data.source))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from subnets import stats
-from subnets.runs.kinds import Kind, Prepared, data_identity
+from subnets.runs.kinds import Kind, Prepared, data_identity, recipe_data
 from subnets.runs.pages import esc, figures, html_table, pyplot, save_figure
 
 if TYPE_CHECKING:
@@ -455,11 +455,9 @@ def _unit_order(unit: dict[str, Any]) -> tuple:
 
 
 def _prepare(config: LotteryConfig, device: torch.device, progress: Progress, execution: Execution) -> Prepared:
-    from subnets.data import load_dataset
     from subnets.tickets.lottery import LotteryExperiment
 
-    config.data.check()
-    data = load_dataset(config.data.name, **config.data.options).to(device)
+    data = recipe_data(config, device)
     experiment = LotteryExperiment(config, data, device, progress, execution)
     return Prepared(data.source, experiment.run, data_identity(config, data.source))
 
