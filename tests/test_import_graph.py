@@ -115,8 +115,10 @@ def test_validating_every_shipped_recipe_imports_no_heavy_library() -> None:
     """A recipe's fields are checked before torch loads, so that a wrong field is a usage error at once."""
     recipes = sorted(str(p) for p in (SRC.parent / "recipes").glob("*.toml"))
     assert len(recipes) >= 10
-    code = ("import sys\nfrom subnets.runs.recipe import load_recipe\n"
-            f"for path in {recipes!r}:\n    load_recipe(path)\n"
+    code = ("import sys\nfrom subnets.runs.kinds import KindUnavailable\nfrom subnets.runs.recipe import load_recipe\n"
+            f"for path in {recipes!r}:\n    try:\n        load_recipe(path)\n"
+            "    except KindUnavailable:  # a base install without the kind's extra: nothing to validate with\n"
+            "        pass\n"
             f"print(','.join(m for m in {HEAVY + ('numpy',)!r} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", f"validating the shipped recipes imported {loaded}"
